@@ -1,0 +1,5 @@
+"""`python -m puqdeploy` runs the CLI, the same as the `puqdeploy` entry point."""
+
+from puqdeploy.cli import main
+
+main()

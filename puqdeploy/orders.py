@@ -1,0 +1,180 @@
+"""Accepting an order: validate, place, and write the service with its whole plan at once.
+
+This is the billing hook's path, so it does no network I/O at all and imports only the store,
+the config and validation. Everything is written in ONE `BEGIN IMMEDIATE` transaction: after
+`create` returns 0 the service and every task are on disk (synchronous=FULL); if anything is
+wrong nothing is written.
+
+Idempotency: the billing system may repeat a call (timeouts, retries). The same service id
+with the same parameters returns the existing service (`created: false`, exit 0); the same id
+with different parameters is a conflict (exit 3). The password is not part of that comparison:
+a repeated call without a password must not conflict with the one a first call generated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from dataclasses import dataclass
+from typing import Mapping, Optional
+
+from puqdeploy import pipeline, store, validate
+from puqdeploy.errors import ConflictError, NotFoundError, UsageError
+
+
+@dataclass(frozen=True)
+class OrderResult:
+    service_id: str
+    state: str
+    tasks: int
+    created: bool
+
+
+def params_of(product: str, domain: str, username: Optional[str], email: Optional[str],
+              overrides: Mapping[str, object]) -> dict:
+    return {"product": product, "domain": domain, "username": username, "email": email,
+            "limits": dict(sorted(overrides.items()))}
+
+
+def params_hash(params: Mapping[str, object]) -> str:
+    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
+
+
+def node_load(conn: sqlite3.Connection) -> dict[str, int]:
+    """Services placed on each node (live services only), from the node_load counters."""
+    return {row[0]: row[1] for row in conn.execute("SELECT node, services FROM node_load")}
+
+
+def _usernames(conn: sqlite3.Connection, mode: str, domain: str, requested: Optional[str]) -> dict:
+    roles = pipeline.usernames_for(mode)
+    suffixes = [pipeline.ROLE_SUFFIX[r] for r in roles]
+
+    def taken(name: str) -> bool:
+        return conn.execute("SELECT 1 FROM usernames WHERE username = ?", (name,)).fetchone() is not None
+
+    if requested:
+        names = {s: requested + s for s in suffixes}
+        for name in names.values():
+            validate.username(name)
+            if taken(name):
+                raise UsageError(f"username {name} is already used by another service")
+    else:
+        names = validate.derive_username_set(domain, suffixes, taken)
+    return {role: names[pipeline.ROLE_SUFFIX[role]] for role in roles}
+
+
+def create_service(conn: sqlite3.Connection, config, box, *, service_id: str, product: str,
+                   domain: str, username: Optional[str] = None, email: Optional[str] = None,
+                   password: Optional[str] = None, overrides: Mapping[str, object] = (),
+                   at: float | None = None) -> OrderResult:
+    """Validate and accept an order; see the module docstring for the guarantees."""
+    service_id = validate.service_id(service_id)
+    product_cfg = config.product(product)
+    domain = validate.domain(domain)
+    if username is not None:
+        username = validate.username(username)
+    if email is not None:
+        email = validate.email(email)
+    if password is not None:
+        validate.password(password)
+    overrides = dict(overrides or {})
+    params = params_of(product, domain, username, email, overrides)
+    digest = params_hash(params)
+    at = store.now() if at is None else at
+    with store.write(conn):
+        existing = conn.execute("SELECT state, params_hash, id FROM services WHERE id = ?",
+                                (service_id,)).fetchone()
+        if existing is not None:
+            if existing["params_hash"] != digest:
+                raise ConflictError(f"service {service_id} already exists with different parameters")
+            count = conn.execute("SELECT count(*) FROM tasks t JOIN services s ON "
+                                 "t.operation_id = s.operation_id WHERE s.id = ?",
+                                 (service_id,)).fetchone()[0]
+            return OrderResult(service_id, existing["state"], count, False)
+        other = conn.execute("SELECT id FROM services WHERE domain = ? AND state != 'terminated'",
+                             (domain,)).fetchone()
+        if other is not None:
+            raise ConflictError(f"domain {domain} is already served by service {other['id']}")
+        placement = pipeline.place(config, product_cfg, node_load(conn))
+        names = _usernames(conn, product_cfg.mode, domain, username)
+        limits = {**product_cfg.limits, **overrides}
+        plan = pipeline.deploy_plan(product_cfg.mode, domain, placement,
+                                    ssl=config.ssl.enabled and product_cfg.ssl)
+        secret = box.encrypt(password or validate.generate_password())
+        conn.execute(
+            "INSERT INTO services (id, product, mode, domain, state, params_hash, params, placement, "
+            "usernames, limits, email, password_enc, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (service_id, product, product_cfg.mode, domain, digest, json.dumps(params),
+             json.dumps(placement.as_dict()), json.dumps(names), json.dumps(limits),
+             email or f"webmaster@{domain}", secret, at, at))
+        conn.executemany("INSERT INTO usernames (username, service_id) VALUES (?, ?)",
+                         [(name, service_id) for name in names.values()])
+        for node in placement.nodes():
+            conn.execute("INSERT INTO node_load (node, services) VALUES (?, 1) "
+                         "ON CONFLICT (node) DO UPDATE SET services = services + 1", (node,))
+        insert_operation(conn, service_id, "deploy", plan, config.retry.max_attempts, at)
+        store.add_event(conn, service_id, f"Order accepted: {len(plan)} steps queued", at=at)
+    return OrderResult(service_id, "queued", len(plan), True)
+
+
+def insert_operation(conn: sqlite3.Connection, service_id: str, kind: str,
+                     plan: list[pipeline.TaskSpec], max_attempts: int, at: float) -> int:
+    """Write an operation and its task DAG; makes it the service's current operation."""
+    pipeline.check_plan(plan)
+    op_id = conn.execute("INSERT INTO operations (service_id, kind, state, created_at) "
+                         "VALUES (?, ?, 'running', ?)", (service_id, kind, at)).lastrowid
+    ids: dict[str, int] = {}
+    for seq, spec in enumerate(plan):
+        ids[spec.key] = conn.execute(
+            "INSERT INTO tasks (service_id, operation_id, seq, action, label, node, args, blocking, "
+            "state, deps_left, max_attempts, run_after, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (service_id, op_id, seq, spec.action, spec.label, spec.node,
+             json.dumps(dict(spec.args)), int(spec.blocking),
+             "pending" if spec.deps else "queued", len(spec.deps), max_attempts, at, at)).lastrowid
+        conn.executemany("INSERT INTO task_deps (task_id, depends_on) VALUES (?, ?)",
+                         [(ids[spec.key], ids[dep]) for dep in spec.deps])
+    conn.execute("UPDATE services SET operation_id = ?, updated_at = ? WHERE id = ?",
+                 (op_id, at, service_id))
+    return op_id
+
+
+def redeploy(conn: sqlite3.Connection, config, service_id: str, at: float | None = None) -> int:
+    """Hard reset: cancel what is open, keep history (superseded), write a fresh plan.
+
+    Running tasks cannot be interrupted mid-command; they are flagged `cancel_requested` and
+    end as cancelled when their runner reports, still counting against the node's concurrency
+    until then. Converges because every step is idempotent.
+    """
+    at = store.now() if at is None else at
+    with store.write(conn):
+        row = conn.execute("SELECT * FROM services WHERE id = ?", (service_id,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"service {service_id} not found")
+        if row["state"] == "terminated":
+            raise UsageError(f"service {service_id} is terminated; it cannot be redeployed")
+        supersede_open_tasks(conn, service_id, at)
+        placement_d = json.loads(row["placement"])
+        placement = pipeline.Placement(placement_d["web"], placement_d["mail"], tuple(placement_d["dns"]))
+        product_cfg = config.product(row["product"])
+        plan = pipeline.deploy_plan(row["mode"], row["domain"], placement,
+                                    ssl=config.ssl.enabled and product_cfg.ssl)
+        op_id = insert_operation(conn, service_id, "redeploy", plan, config.retry.max_attempts, at)
+        conn.execute("UPDATE services SET state = 'queued', error = NULL, updated_at = ? WHERE id = ?",
+                     (at, service_id))
+        store.add_event(conn, service_id, f"Redeploy requested: {len(plan)} steps queued", at=at)
+    return op_id
+
+
+def supersede_open_tasks(conn: sqlite3.Connection, service_id: str, at: float) -> None:
+    """Mark every task of earlier operations superseded; cancel those still open."""
+    conn.execute("UPDATE tasks SET superseded = 1 WHERE service_id = ?", (service_id,))
+    conn.execute("UPDATE tasks SET state = 'cancelled', finished_at = ?, result = 'superseded' "
+                 "WHERE service_id = ? AND state IN ('pending', 'queued', 'waiting')",
+                 (at, service_id))
+    conn.execute("UPDATE tasks SET cancel_requested = 1 WHERE service_id = ? AND state = 'running'",
+                 (service_id,))
+    conn.execute("UPDATE operations SET state = 'cancelled', finished_at = ? "
+                 "WHERE service_id = ? AND state = 'running'", (at, service_id))

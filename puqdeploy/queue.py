@@ -1,0 +1,384 @@
+"""The durable task queue: lease, heartbeat, complete (fenced), back off, rescue.
+
+Semantics (see README "Design"):
+- At-least-once execution made safe by idempotent steps.
+- A task is `pending` until its dependencies are done (`deps_left` reaches 0), then `queued`.
+  Keeping the count on the row (instead of joining the DAG at claim time) keeps the claim query
+  an index range scan however many finished tasks the database holds.
+- `claim` takes due tasks in ONE `UPDATE ... RETURNING` inside `BEGIN IMMEDIATE`, never more per
+  node than that node's `max_concurrency` minus what is already running there — counted in the
+  database, so it holds across overlapping cron ticks and several hosts.
+- Each claim bumps `lease_token`; every completion is fenced by (id, state running, owner,
+  token), so a runner that lost its lease can never overwrite the task's new life.
+- Expired leases are rescued at the start of every tick; the lost attempt is recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sqlite3
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Optional
+
+from puqdeploy import store
+from puqdeploy.outcomes import Done, Fail, Outcome, Retry, Wait
+
+OPEN_STATES = ("pending", "queued", "running", "waiting")
+
+# What a finished operation leaves the service as.
+FINAL_SERVICE_STATE = {
+    "deploy": "active", "redeploy": "active", "unsuspend": "active", "change-package": None,
+    "change-password": None, "suspend": "suspended", "terminate": "terminated",
+}
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A claimed task as the runner sees it."""
+
+    task_id: int
+    service_id: str
+    operation_id: int
+    action: str
+    label: str
+    node: Optional[str]
+    args: dict
+    blocking: bool
+    attempt: int
+    max_attempts: int
+    attempt_id: int
+    owner: str
+    token: int
+    wait_deadline: Optional[float]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential back-off with jitter and a cap (the config's `retry:` block)."""
+
+    max_attempts: int = 8
+    base_seconds: float = 30.0
+    factor: float = 2.0
+    max_seconds: float = 3600.0
+    jitter: float = 0.1
+
+    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Seconds before retry number `attempt` (1 = after the first failure).
+
+        min(cap, base * factor^(attempt-1)), then scaled by a uniform factor in
+        [1 - jitter, 1 + jitter] so that tasks failing together do not retry together.
+        """
+        rng = rng or random
+        raw = min(self.max_seconds, self.base_seconds * self.factor ** max(0, attempt - 1))
+        return raw * (1 + rng.uniform(-self.jitter, self.jitter))
+
+
+_CLAIM_SQL = """
+WITH lim(node, cap) AS (SELECT key, value FROM json_each(:limits)),
+busy AS (SELECT node, count(*) AS n FROM tasks WHERE state = 'running' GROUP BY node),
+due AS (
+    SELECT id, node, ROW_NUMBER() OVER (PARTITION BY node ORDER BY run_after, id) AS rn
+    FROM tasks WHERE state IN ('queued', 'waiting') AND run_after <= :now
+)
+UPDATE tasks
+   SET state = 'running', lease_owner = :owner, lease_token = lease_token + 1,
+       lease_expires = :expires, attempts = attempts + 1, started_at = :now, finished_at = NULL
+ WHERE id IN (
+    SELECT due.id FROM due
+      LEFT JOIN lim ON lim.node = due.node
+      LEFT JOIN busy ON busy.node = due.node
+     WHERE due.rn <= (CASE WHEN due.node IS NULL THEN 1000000000 ELSE coalesce(lim.cap, 1) END)
+                     - coalesce(busy.n, 0)
+     ORDER BY due.rn, due.id
+     LIMIT :limit)
+RETURNING id, service_id, operation_id, action, label, node, args, blocking, attempts,
+          max_attempts, lease_token, wait_deadline
+"""
+
+
+def claim(conn: sqlite3.Connection, owner: str, limit: int, node_limits: Mapping[str, int],
+          lease_seconds: float, at: float | None = None) -> list[Lease]:
+    """Lease up to `limit` due tasks for `owner`, respecting per-node concurrency."""
+    if limit <= 0:
+        return []
+    leases: list[Lease] = []
+    with store.write(conn):
+        # the clock is read under the write lock, so recorded start/end times of tasks on one
+        # node never appear to overlap when the executions did not
+        at = store.now() if at is None else at
+        rows = conn.execute(_CLAIM_SQL, {
+            "limits": json.dumps(dict(node_limits)), "now": at, "owner": owner,
+            "expires": at + lease_seconds, "limit": limit}).fetchall()
+        for row in rows:
+            number = conn.execute("SELECT count(*) FROM attempts WHERE task_id = ?",
+                                  (row["id"],)).fetchone()[0] + 1
+            attempt_id = conn.execute(
+                "INSERT INTO attempts (task_id, number, runner_id, started_at) VALUES (?, ?, ?, ?)",
+                (row["id"], number, owner, at)).lastrowid
+            leases.append(Lease(
+                task_id=row["id"], service_id=row["service_id"], operation_id=row["operation_id"],
+                action=row["action"], label=row["label"], node=row["node"],
+                args=json.loads(row["args"]), blocking=bool(row["blocking"]),
+                attempt=row["attempts"], max_attempts=row["max_attempts"], attempt_id=attempt_id,
+                owner=owner, token=row["lease_token"], wait_deadline=row["wait_deadline"]))
+        services = {lease.service_id for lease in leases}
+        for service_id in services:
+            conn.execute("UPDATE services SET state = 'deploying', updated_at = ? "
+                         "WHERE id = ? AND state = 'queued'", (at, service_id))
+    return leases
+
+
+def heartbeat(conn: sqlite3.Connection, leases: Iterable[Lease], lease_seconds: float,
+              at: float | None = None) -> int:
+    """Extend the leases still held; returns how many were extended (fenced by token)."""
+    at = store.now() if at is None else at
+    extended = 0
+    with store.write(conn):
+        for lease in leases:
+            extended += conn.execute(
+                "UPDATE tasks SET lease_expires = ? WHERE id = ? AND state = 'running' "
+                "AND lease_owner = ? AND lease_token = ?",
+                (at + lease_seconds, lease.task_id, lease.owner, lease.token)).rowcount
+    return extended
+
+
+def finish(conn: sqlite3.Connection, lease: Lease, outcome: Outcome, policy: RetryPolicy,
+           at: float | None = None, rng: random.Random | None = None) -> Optional[str]:
+    """Record a step's outcome. Returns the task's new state, or None when the lease was lost.
+
+    Everything happens in one transaction: the fenced task update, the attempt row, the DAG
+    promotion or cancellation, the service state and the activity event.
+    """
+    with store.write(conn):
+        at = store.now() if at is None else at
+        row = conn.execute(
+            "SELECT cancel_requested, label, node FROM tasks WHERE id = ? AND state = 'running' "
+            "AND lease_owner = ? AND lease_token = ?",
+            (lease.task_id, lease.owner, lease.token)).fetchone()
+        if row is None:
+            _end_attempt(conn, lease.attempt_id, at, "rejected",
+                         "late completion rejected: the lease had expired and was taken over")
+            return None
+        if row["cancel_requested"]:
+            _end_attempt(conn, lease.attempt_id, at, _outcome_name(outcome), _outcome_error(outcome))
+            _set_task(conn, lease, "cancelled", at, result="superseded")
+            return "cancelled"
+        if isinstance(outcome, Done):
+            return _on_done(conn, lease, outcome, at)
+        if isinstance(outcome, Wait):
+            return _on_wait(conn, lease, outcome, at)
+        if isinstance(outcome, Retry):
+            _end_attempt(conn, lease.attempt_id, at, "timeout" if outcome.timeout else "retry",
+                         outcome.error)
+            if lease.attempt >= lease.max_attempts:
+                return _go_terminal(conn, lease.task_id, lease.service_id, at,
+                                    f"gave up after {lease.attempt} attempts: {outcome.error}")
+            delay = policy.delay(lease.attempt, rng)
+            _set_task(conn, lease, "queued", at, run_after=at + delay, error=outcome.error,
+                      finished=False)
+            return "queued"
+        _end_attempt(conn, lease.attempt_id, at, "fail", outcome.error)
+        return _go_terminal(conn, lease.task_id, lease.service_id, at, outcome.error)
+
+
+def _outcome_name(outcome: Outcome) -> str:
+    return {Done: "done", Wait: "wait", Retry: "retry", Fail: "fail"}[type(outcome)]
+
+
+def _outcome_error(outcome: Outcome) -> Optional[str]:
+    return getattr(outcome, "error", None) or getattr(outcome, "reason", None)
+
+
+def _end_attempt(conn: sqlite3.Connection, attempt_id: int, at: float, outcome: str,
+                 error: Optional[str], counted: bool = True) -> None:
+    conn.execute("UPDATE attempts SET ended_at = ?, outcome = ?, error = ?, counted = ? "
+                 "WHERE id = ? AND ended_at IS NULL",
+                 (at, outcome, error, int(counted), attempt_id))
+
+
+def _set_task(conn: sqlite3.Connection, lease: Lease, state: str, at: float, *,
+              run_after: float | None = None, result: str | None = None,
+              error: str | None = None, finished: bool = True) -> None:
+    conn.execute(
+        "UPDATE tasks SET state = ?, lease_owner = NULL, lease_expires = NULL, "
+        "run_after = coalesce(?, run_after), result = coalesce(?, result), "
+        "last_error = ?, finished_at = ? WHERE id = ?",
+        (state, run_after, result, error, at if finished else None, lease.task_id))
+
+
+def _on_done(conn: sqlite3.Connection, lease: Lease, outcome: Done, at: float) -> str:
+    _end_attempt(conn, lease.attempt_id, at, "done", None)
+    _set_task(conn, lease, "done", at, result=outcome.result)
+    store.add_event(conn, lease.service_id,
+                    outcome.message or f"{lease.label}: {outcome.result}",
+                    task_id=lease.task_id, at=at)
+    conn.execute("UPDATE tasks SET deps_left = deps_left - 1 WHERE id IN "
+                 "(SELECT task_id FROM task_deps WHERE depends_on = ?)", (lease.task_id,))
+    conn.execute("UPDATE tasks SET state = 'queued', run_after = ? WHERE state = 'pending' "
+                 "AND deps_left <= 0 AND id IN (SELECT task_id FROM task_deps WHERE depends_on = ?)",
+                 (at, lease.task_id))
+    settle_operation(conn, lease.operation_id, at)
+    return "done"
+
+
+def _on_wait(conn: sqlite3.Connection, lease: Lease, outcome: Wait, at: float) -> str:
+    deadline = lease.wait_deadline or at + outcome.deadline_seconds
+    if at >= deadline:
+        _end_attempt(conn, lease.attempt_id, at, "fail", outcome.reason)
+        return _go_terminal(conn, lease.task_id, lease.service_id, at,
+                            f"gave up waiting: {outcome.reason}")
+    _end_attempt(conn, lease.attempt_id, at, "wait", outcome.reason, counted=False)
+    conn.execute(
+        "UPDATE tasks SET state = 'waiting', attempts = attempts - 1, lease_owner = NULL, "
+        "lease_expires = NULL, run_after = ?, wait_deadline = ?, last_error = ?, finished_at = NULL "
+        "WHERE id = ?", (at + outcome.recheck_seconds, deadline, outcome.reason, lease.task_id))
+    if lease.wait_deadline is None:
+        store.add_event(conn, lease.service_id, f"{lease.label}: waiting ({outcome.reason})",
+                        task_id=lease.task_id, at=at)
+    return "waiting"
+
+
+def _go_terminal(conn: sqlite3.Connection, task_id: int, service_id: str, at: float,
+                 error: str) -> str:
+    """A task failed for good: record it, cancel what depended on it, flag the service."""
+    conn.execute("UPDATE tasks SET state = 'failed', lease_owner = NULL, lease_expires = NULL, "
+                 "last_error = ?, finished_at = ? WHERE id = ?", (error, at, task_id))
+    task = conn.execute("SELECT label, blocking, operation_id FROM tasks WHERE id = ?",
+                        (task_id,)).fetchone()
+    conn.execute(
+        """WITH RECURSIVE downstream(id) AS (
+               SELECT task_id FROM task_deps WHERE depends_on = :id
+               UNION SELECT d.task_id FROM task_deps d JOIN downstream ON d.depends_on = downstream.id)
+           UPDATE tasks SET state = 'cancelled', finished_at = :at,
+                  last_error = 'cancelled: ' || :label || ' failed'
+            WHERE id IN (SELECT id FROM downstream) AND state IN ('pending', 'queued', 'waiting')""",
+        {"id": task_id, "at": at, "label": task["label"]})
+    if task["blocking"]:
+        reason = f"{task['label']} failed: {error}"
+        conn.execute("UPDATE services SET state = 'error', error = ?, updated_at = ? WHERE id = ?",
+                     (reason, at, service_id))
+        conn.execute("UPDATE operations SET state = 'error', error = ?, finished_at = ? "
+                     "WHERE id = ? AND state = 'running'", (reason, at, task["operation_id"]))
+        store.add_event(conn, service_id, f"{task['label']} failed", level="error",
+                        task_id=task_id, at=at)
+    else:
+        store.add_event(conn, service_id, f"{task['label']} did not complete", level="warning",
+                        task_id=task_id, at=at)
+    return "failed"
+
+
+def settle_operation(conn: sqlite3.Connection, operation_id: int, at: float) -> bool:
+    """When every blocking task of a running operation is done, finish it and the service."""
+    left = conn.execute(
+        "SELECT count(*) FROM tasks WHERE operation_id = ? AND blocking = 1 AND state != 'done'",
+        (operation_id,)).fetchone()[0]
+    if left:
+        return False
+    op = conn.execute("SELECT service_id, kind FROM operations WHERE id = ? AND state = 'running'",
+                      (operation_id,)).fetchone()
+    if op is None:
+        return False
+    conn.execute("UPDATE operations SET state = 'done', finished_at = ? WHERE id = ?",
+                 (at, operation_id))
+    final = FINAL_SERVICE_STATE.get(op["kind"]) or "active"
+    conn.execute("UPDATE services SET state = ?, error = NULL, updated_at = ? "
+                 "WHERE id = ? AND operation_id = ?", (final, at, op["service_id"], operation_id))
+    store.add_event(conn, op["service_id"], _final_message(op["kind"], final), at=at)
+    return True
+
+
+def _final_message(kind: str, final: str) -> str:
+    if kind in ("deploy", "redeploy"):
+        return "Your service is ready"
+    return f"{kind.replace('-', ' ').capitalize()} completed"
+
+
+def rescue_expired(conn: sqlite3.Connection, policy: RetryPolicy, at: float | None = None) -> int:
+    """Put tasks whose runner vanished (lease expired) back in the queue, recording the loss.
+
+    A lost runner is usually not the task's fault (a reboot, a kill), so the task is due again
+    at once; the lost attempt still counts, so a step that crashes its runner every time ends
+    terminal instead of looping forever.
+    """
+    at = store.now() if at is None else at
+    with store.write(conn):
+        rows = conn.execute(
+            "SELECT id, service_id, attempts, max_attempts, cancel_requested FROM tasks "
+            "WHERE state = 'running' AND lease_expires < ?", (at,)).fetchall()
+        for row in rows:
+            conn.execute("UPDATE attempts SET ended_at = ?, outcome = 'lost', "
+                         "error = 'runner lost: lease expired' WHERE task_id = ? AND ended_at IS NULL",
+                         (at, row["id"]))
+            if row["cancel_requested"]:
+                conn.execute("UPDATE tasks SET state = 'cancelled', lease_owner = NULL, "
+                             "lease_expires = NULL, finished_at = ? WHERE id = ?", (at, row["id"]))
+            elif row["attempts"] >= row["max_attempts"]:
+                _go_terminal(conn, row["id"], row["service_id"], at,
+                             f"gave up after {row['attempts']} attempts: runner lost")
+            else:
+                conn.execute("UPDATE tasks SET state = 'queued', lease_owner = NULL, "
+                             "lease_expires = NULL, run_after = ?, last_error = ? WHERE id = ?",
+                             (at, "runner lost: lease expired", row["id"]))
+    return len(rows)
+
+
+def next_due(conn: sqlite3.Connection) -> Optional[float]:
+    """When the next queued or waiting task becomes due (None when nothing is open)."""
+    row = conn.execute("SELECT min(run_after) FROM tasks WHERE state IN ('queued', 'waiting')"
+                       ).fetchone()
+    return row[0]
+
+
+def has_due(conn: sqlite3.Connection, at: float | None = None) -> bool:
+    """Cheap check used by an idle tick before it imports anything else."""
+    at = store.now() if at is None else at
+    return conn.execute("SELECT 1 FROM tasks WHERE state IN ('queued', 'waiting') "
+                        "AND run_after <= ? LIMIT 1", (at,)).fetchone() is not None
+
+
+def has_expired(conn: sqlite3.Connection, at: float | None = None) -> bool:
+    at = store.now() if at is None else at
+    return conn.execute("SELECT 1 FROM tasks WHERE state = 'running' AND lease_expires < ? LIMIT 1",
+                        (at,)).fetchone() is not None
+
+
+def retry_tasks(conn: sqlite3.Connection, service_id: str, task_id: int | None = None,
+                at: float | None = None) -> int:
+    """Give terminally failed (and the tasks they cancelled) fresh attempts.
+
+    The failed task goes back to `queued` with its attempt counter reset; tasks cancelled
+    because of it go back to `pending` with their dependency count recomputed, so the DAG
+    resumes exactly where it stopped. The service returns to `deploying` and its operation
+    to `running`.
+    """
+    at = store.now() if at is None else at
+    with store.write(conn):
+        op_id = conn.execute("SELECT operation_id FROM services WHERE id = ?",
+                             (service_id,)).fetchone()[0]
+        where = "operation_id = ? AND state = 'failed'"
+        params: list = [op_id]
+        if task_id is not None:
+            where += " AND id = ?"
+            params.append(task_id)
+        failed = [r[0] for r in conn.execute(f"SELECT id FROM tasks WHERE {where}", params)]
+        if not failed:
+            return 0
+        for tid in failed:
+            conn.execute("UPDATE tasks SET state = 'queued', attempts = 0, run_after = ?, "
+                         "wait_deadline = NULL, finished_at = NULL, last_error = NULL WHERE id = ?",
+                         (at, tid))
+        conn.execute(
+            """UPDATE tasks SET state = 'pending', finished_at = NULL, last_error = NULL,
+                   deps_left = (SELECT count(*) FROM task_deps d JOIN tasks t2 ON t2.id = d.depends_on
+                                 WHERE d.task_id = tasks.id AND t2.state != 'done')
+                WHERE operation_id = ? AND state = 'cancelled' AND superseded = 0
+                  AND last_error LIKE 'cancelled: %'""", (op_id,))
+        conn.execute("UPDATE tasks SET state = 'queued', run_after = ? WHERE operation_id = ? "
+                     "AND state = 'pending' AND deps_left = 0", (at, op_id))
+        conn.execute("UPDATE operations SET state = 'running', error = NULL, finished_at = NULL "
+                     "WHERE id = ?", (op_id,))
+        conn.execute("UPDATE services SET state = 'deploying', error = NULL, updated_at = ? "
+                     "WHERE id = ?", (at, service_id))
+        store.add_event(conn, service_id, f"Retrying {len(failed)} failed step(s)", at=at)
+    return len(failed)

@@ -1,0 +1,274 @@
+"""One cron tick: rescue expired leases, then lease and run due tasks until the work or the
+budget runs out.
+
+- A bounded thread pool (`workers`) runs steps; the main thread keeps leasing as tasks finish,
+  so tasks unblocked during the tick start in the same tick and a healthy service deploys in
+  ONE tick.
+- Per-node concurrency is enforced by the claim query in the database (across processes).
+- One transport (connection) per node per tick, shared by that node's tasks.
+- A heartbeat thread extends the leases of running tasks so long commands keep their lease;
+  if this process dies, the leases expire and the next tick rescues the tasks.
+- When the budget is spent no new task is leased; running ones finish (they cannot be
+  interrupted mid-command safely) and the tick ends.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import sqlite3
+import threading
+import time
+import uuid
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Optional
+
+from puqdeploy import queue, store
+from puqdeploy.hestia import Panel
+from puqdeploy.outcomes import Done, Fail, Outcome, Retry, Wait
+from puqdeploy.queue import Lease, RetryPolicy
+from puqdeploy.remote import Transport, open_transport
+from puqdeploy.secretbox import SecretBox
+from puqdeploy.steps import base
+
+
+@dataclass
+class TickSummary:
+    """Counts printed as the one-line summary on stderr."""
+
+    rescued: int = 0
+    leased: int = 0
+    done: int = 0
+    retried: int = 0
+    waiting: int = 0
+    failed: int = 0
+    lost: int = 0
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        return (f"puqdeploy run: leased {self.leased}, done {self.done}, retried {self.retried}, "
+                f"waiting {self.waiting}, failed {self.failed}, rescued {self.rescued}"
+                + (f", lost {self.lost}" if self.lost else "") + f" in {self.seconds:.2f} s")
+
+
+def new_runner_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class LogBuffer:
+    """Collects an attempt's log lines and writes them in small batches.
+
+    Lines are flushed at the end of each command and at least every `interval` seconds while a
+    command streams, so `puqdeploy log --follow` sees a running command without one commit per
+    line.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, attempt_id: int, interval: float = 0.25) -> None:
+        self.conn = conn
+        self.attempt_id = attempt_id
+        self.interval = interval
+        self.pending: list[tuple[int, float, str, str]] = []
+        self.last_flush = time.monotonic()
+        self.lock = threading.Lock()
+
+    def __call__(self, stream: str, line: str) -> None:
+        with self.lock:
+            self.pending.append((self.attempt_id, store.now(), stream, line))
+            due = stream in ("exit", "error") or time.monotonic() - self.last_flush >= self.interval
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        with self.lock:
+            batch, self.pending = self.pending, []
+            self.last_flush = time.monotonic()
+        if batch:
+            with store.write(self.conn):
+                self.conn.executemany(
+                    "INSERT INTO attempt_logs (attempt_id, at, stream, line) VALUES (?, ?, ?, ?)",
+                    batch)
+
+
+@dataclass
+class Runner:
+    """Runs ticks against one database with one config."""
+
+    config: object
+    workers: int
+    budget: float
+    once: bool = False
+    runner_id: str = field(default_factory=new_runner_id)
+    rng: random.Random = field(default_factory=random.Random)
+
+    def __post_init__(self) -> None:
+        self.policy = RetryPolicy(**vars_of(self.config.retry))
+        self.lease_seconds = self.config.runner.lease_seconds
+        self.node_limits = {name: node.max_concurrency for name, node in self.config.nodes.items()}
+        self._local = threading.local()
+        self._transports: dict[str, Transport] = {}
+        self._transport_lock = threading.Lock()
+        self._active: dict[int, Lease] = {}
+        self._active_lock = threading.Lock()
+        self._box: Optional[SecretBox] = None
+
+    # -- connections -------------------------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = store.open_store(self.config.database)
+            self._local.conn = conn
+        return conn
+
+    def _transport(self, node) -> Transport:
+        with self._transport_lock:
+            transport = self._transports.get(node.name)
+            if transport is None:
+                transport = open_transport(node)
+                self._transports[node.name] = transport
+            return transport
+
+    def _secret_box(self) -> SecretBox:
+        if self._box is None:
+            self._box = SecretBox.from_file(self.config.key_file)
+        return self._box
+
+    # -- the tick ----------------------------------------------------------------------------
+
+    def tick(self) -> TickSummary:
+        started = time.monotonic()
+        deadline = started + self.budget
+        summary = TickSummary()
+        conn = self._conn()
+        summary.rescued = queue.rescue_expired(conn, self.policy)
+        stop = threading.Event()
+        beat = threading.Thread(target=self._heartbeat_loop, args=(stop,), daemon=True)
+        beat.start()
+        running: dict[Future, Lease] = {}
+        first_round = True
+        try:
+            with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="step") as pool:
+                while True:
+                    may_claim = time.monotonic() < deadline and (first_round or not self.once)
+                    if may_claim and len(running) < self.workers:
+                        for lease in queue.claim(conn, self.runner_id, self.workers - len(running),
+                                                 self.node_limits, self.lease_seconds):
+                            summary.leased += 1
+                            with self._active_lock:
+                                self._active[lease.task_id] = lease
+                            running[pool.submit(self._run_lease, lease)] = lease
+                    first_round = False
+                    if not running:
+                        break
+                    finished, _ = wait(list(running), timeout=0.5, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        lease = running.pop(future)
+                        with self._active_lock:
+                            self._active.pop(lease.task_id, None)
+                        _count(summary, future.result())
+        finally:
+            stop.set()
+            beat.join()
+            self._close_transports()
+        summary.seconds = time.monotonic() - started
+        return summary
+
+    def _heartbeat_loop(self, stop: threading.Event) -> None:
+        """Extend held leases every heartbeat interval until the tick ends."""
+        conn = store.open_store(self.config.database)
+        try:
+            while not stop.wait(self.config.runner.heartbeat):
+                with self._active_lock:
+                    leases = list(self._active.values())
+                if leases:
+                    try:
+                        queue.heartbeat(conn, leases, self.lease_seconds)
+                    except sqlite3.Error:
+                        pass  # the next beat tries again; the lease is long enough for one miss
+        finally:
+            conn.close()
+
+    def _close_transports(self) -> None:
+        with self._transport_lock:
+            for transport in self._transports.values():
+                try:
+                    transport.close()
+                except Exception:
+                    pass
+            self._transports.clear()
+
+    # -- one task ----------------------------------------------------------------------------
+
+    def _run_lease(self, lease: Lease) -> Optional[str]:
+        """Run one leased task and record its outcome; returns the new state (None = lost)."""
+        conn = self._conn()
+        log = LogBuffer(conn, lease.attempt_id)
+        try:
+            outcome = self._outcome(conn, lease, log)
+        except Exception as exc:  # building the context failed (e.g. key file unreadable)
+            log("error", f"internal error: {type(exc).__name__}: {exc}")
+            outcome = Retry(f"internal error: {type(exc).__name__}: {exc}")
+        log.flush()
+        return queue.finish(conn, lease, outcome, self.policy, rng=self.rng)
+
+    def _outcome(self, conn: sqlite3.Connection, lease: Lease, log: LogBuffer) -> Outcome:
+        fn = base.lookup(lease.action)
+        if fn is None:
+            return Fail(f"unknown action {lease.action!r} (written by a newer puqdeploy?)")
+        row = conn.execute("SELECT * FROM services WHERE id = ?", (lease.service_id,)).fetchone()
+        service = base.service_from_row(row)
+        node = None
+        panel = None
+        if lease.node is not None:
+            node = self.config.nodes.get(lease.node)
+            if node is None:
+                return Fail(f"node {lease.node} is no longer in the config")
+            panel = Panel(self._transport(node), node.command_timeout_seconds, log)
+
+        def password() -> str:
+            return self._secret_box().decrypt(row["password_enc"])
+
+        def set_fact(key: str, value) -> None:
+            service.facts[key] = value
+            with store.write(conn):
+                conn.execute("UPDATE services SET facts = json_set(facts, '$.' || ?, ?) WHERE id = ?",
+                             (key, value, lease.service_id))
+
+        log("info", f"attempt {lease.attempt}/{lease.max_attempts} of {lease.action}"
+                    f"{' on ' + lease.node if lease.node else ''} by {self.runner_id}")
+        ctx = base.StepContext(action=lease.action, args=lease.args, service=service,
+                               config=self.config, node=node, panel=panel, log=log,
+                               password=password, set_fact=set_fact)
+        outcome = base.execute(fn, ctx)
+        log("info", f"outcome: {_describe(outcome)}")
+        return outcome
+
+
+def _describe(outcome: Outcome) -> str:
+    if isinstance(outcome, Done):
+        return f"done ({outcome.result})"
+    if isinstance(outcome, Wait):
+        return f"waiting: {outcome.reason}"
+    if isinstance(outcome, Retry):
+        return f"retry: {outcome.error}"
+    return f"failed: {outcome.error}"
+
+
+def _count(summary: TickSummary, state: Optional[str]) -> None:
+    if state is None:
+        summary.lost += 1
+    elif state == "done":
+        summary.done += 1
+    elif state == "queued":
+        summary.retried += 1
+    elif state == "waiting":
+        summary.waiting += 1
+    elif state == "failed":
+        summary.failed += 1
+
+
+def vars_of(obj) -> dict:
+    """Fields of a frozen config dataclass as keyword arguments."""
+    return {name: getattr(obj, name) for name in obj.__dataclass_fields__}

@@ -1,0 +1,187 @@
+"""Queue semantics on a real SQLite file: claim, fencing, back-off, wait, rescue, retry.
+
+Time is passed explicitly (`at=`) instead of sleeping, so back-off and lease expiry are tested
+exactly and instantly.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from puqdeploy import orders, queue, store
+from puqdeploy.config import load_config
+from puqdeploy.outcomes import Done, Fail, Retry, Wait
+from puqdeploy.secretbox import SecretBox
+
+T0 = 1_900_000_000.0
+
+
+@pytest.fixture
+def env(sandbox):
+    config = load_config(str(sandbox.config_path))
+    conn = store.open_store(config.database)
+    box = SecretBox.from_file(config.key_file)
+    orders.create_service(conn, config, box, service_id="s1", product="sandbox-split",
+                          domain="example.com", at=T0)
+    limits = {name: node.max_concurrency for name, node in config.nodes.items()}
+    return config, conn, limits
+
+
+def _policy(config) -> queue.RetryPolicy:
+    r = config.retry
+    return queue.RetryPolicy(r.max_attempts, r.base_seconds, r.factor, r.max_seconds, r.jitter)
+
+
+def _task(conn, action):
+    return conn.execute("SELECT * FROM tasks WHERE action = ?", (action,)).fetchone()
+
+
+def test_only_tasks_without_pending_dependencies_are_claimed(env):
+    config, conn, limits = env
+    leases = queue.claim(conn, "r1", 50, limits, 60, at=T0)
+    assert sorted(l.action for l in leases) == ["mail.user", "web.user"]
+    states = {r["action"]: r["state"] for r in conn.execute("SELECT action, state FROM tasks")}
+    assert states["web.domain"] == "pending" and states["dns.zone"] == "pending"
+    assert conn.execute("SELECT state FROM services").fetchone()[0] == "deploying"
+
+
+def test_done_promotes_dependents_and_settles_service(env):
+    config, conn, limits = env
+    policy = _policy(config)
+    at = T0
+    for _ in range(10):
+        leases = queue.claim(conn, "r1", 50, limits, 60, at=at)
+        if not leases:
+            break
+        for lease in leases:
+            assert queue.finish(conn, lease, Done("created"), policy, at=at) == "done"
+        at += 1
+    states = [r[0] for r in conn.execute("SELECT state FROM tasks ORDER BY seq")]
+    assert states == ["done"] * len(states)
+    svc = conn.execute("SELECT state, error FROM services").fetchone()
+    assert tuple(svc) == ("active", None)
+    assert conn.execute("SELECT state FROM operations").fetchone()[0] == "done"
+
+
+def test_per_node_limit_holds_across_owners(env):
+    config, conn, limits = env
+    orders.create_service(conn, config, SecretBox.from_file(config.key_file), service_id="s2",
+                          product="sandbox-split", domain="example.org", at=T0)
+    first = queue.claim(conn, "r1", 50, limits, 60, at=T0)
+    second = queue.claim(conn, "r2", 50, limits, 60, at=T0)
+    assert {l.node for l in first} == {"web1", "mail1"} and len(first) == 2
+    assert second == []  # s2's web.user and mail.user wait: web1 and mail1 are busy
+    running = conn.execute("SELECT node, count(*) FROM tasks WHERE state = 'running' GROUP BY node")
+    assert all(n == 1 for _, n in running)
+
+
+def test_backoff_follows_policy_then_goes_terminal_and_cancels_dependents(env):
+    config, conn, limits = env
+    policy = _policy(config)
+    rng = random.Random(7)
+    at = T0
+    for attempt in range(1, policy.max_attempts + 1):
+        lease = next(l for l in queue.claim(conn, "r1", 50, limits, 60, at=at) if l.action == "web.user")
+        assert lease.attempt == attempt
+        state = queue.finish(conn, lease, Retry("E_RESTART"), policy, at=at, rng=rng)
+        row = _task(conn, "web.user")
+        if attempt < policy.max_attempts:
+            assert state == "queued"
+            raw = min(policy.max_seconds, policy.base_seconds * policy.factor ** (attempt - 1))
+            delay = row["run_after"] - at
+            assert raw * (1 - policy.jitter) <= delay <= raw * (1 + policy.jitter)
+            at = row["run_after"]
+        else:
+            assert state == "failed"
+    assert _task(conn, "web.user")["state"] == "failed"
+    assert _task(conn, "web.domain")["state"] == "cancelled"
+    assert _task(conn, "ssl.web")["state"] == "cancelled"
+    svc = conn.execute("SELECT state, error FROM services").fetchone()
+    assert svc["state"] == "error" and "Creating web user failed" in svc["error"]
+    assert "E_RESTART" in svc["error"]
+    outcomes = [r[0] for r in conn.execute(
+        "SELECT outcome FROM attempts a JOIN tasks t ON t.id = a.task_id WHERE t.action = 'web.user'")]
+    assert outcomes == ["retry"] * policy.max_attempts
+    # the mail branch was not held up
+    assert _task(conn, "mail.user")["state"] in ("queued", "running", "done")
+
+    assert queue.retry_tasks(conn, "s1", at=at) == 1
+    row = _task(conn, "web.user")
+    assert (row["state"], row["attempts"]) == ("queued", 0)
+    assert _task(conn, "web.domain")["state"] == "pending"
+    assert conn.execute("SELECT state FROM services").fetchone()[0] == "deploying"
+
+
+def test_fail_is_terminal_at_once(env):
+    config, conn, limits = env
+    lease = next(l for l in queue.claim(conn, "r1", 50, limits, 60, at=T0) if l.action == "mail.user")
+    assert queue.finish(conn, lease, Fail("E_LIMIT"), _policy(config), at=T0) == "failed"
+    assert _task(conn, "mail.user")["attempts"] == 1
+    assert _task(conn, "mail.domain")["state"] == "cancelled"
+    assert all(r[0] == "cancelled" for r in conn.execute(
+        "SELECT state FROM tasks WHERE action = 'dns.zone'"))
+
+
+def test_late_completion_from_an_expired_lease_is_rejected(env):
+    config, conn, limits = env
+    policy = _policy(config)
+    old = next(l for l in queue.claim(conn, "dead", 50, limits, 10, at=T0) if l.action == "web.user")
+    assert queue.rescue_expired(conn, policy, at=T0 + 5) == 0  # not expired yet
+    assert queue.rescue_expired(conn, policy, at=T0 + 11) == 2
+    lost = conn.execute("SELECT outcome, error FROM attempts WHERE id = ?", (old.attempt_id,)).fetchone()
+    assert lost["outcome"] == "lost" and "lease expired" in lost["error"]
+    new = next(l for l in queue.claim(conn, "alive", 50, limits, 60, at=T0 + 12) if l.action == "web.user")
+    assert new.token != old.token
+    assert queue.finish(conn, old, Done("created"), policy, at=T0 + 13) is None
+    row = _task(conn, "web.user")
+    assert (row["state"], row["lease_owner"]) == ("running", "alive")
+    assert conn.execute("SELECT outcome FROM attempts WHERE id = ?", (old.attempt_id,)).fetchone()[0] == "lost"
+    assert queue.finish(conn, new, Done("created"), policy, at=T0 + 14) == "done"
+
+
+def test_heartbeat_extends_only_held_leases(env):
+    config, conn, limits = env
+    leases = queue.claim(conn, "r1", 50, limits, 10, at=T0)
+    assert queue.heartbeat(conn, leases, 100, at=T0 + 5) == len(leases)
+    assert queue.rescue_expired(conn, _policy(config), at=T0 + 50) == 0
+    stale = leases[0].__class__(**{**leases[0].__dict__, "token": leases[0].token + 99})
+    assert queue.heartbeat(conn, [stale], 1000, at=T0 + 6) == 0
+
+
+def test_wait_uses_no_attempt_and_gives_up_at_the_deadline(env):
+    config, conn, limits = env
+    policy = _policy(config)
+    limits = {**limits, "web1": 5}
+    conn.execute("UPDATE tasks SET state = 'queued', deps_left = 0 WHERE action = 'ssl.web'")
+
+    def claim_ssl(at):
+        return [l for l in queue.claim(conn, "r1", 50, limits, 60, at=at) if l.action == "ssl.web"]
+
+    lease, = claim_ssl(T0)
+    assert queue.finish(conn, lease, Wait("dns not here", 300, 900), policy, at=T0) == "waiting"
+    row = _task(conn, "ssl.web")
+    assert (row["state"], row["attempts"], row["run_after"]) == ("waiting", 0, T0 + 300)
+    assert claim_ssl(T0 + 299) == []
+    at = T0 + 300
+    while True:
+        lease, = claim_ssl(at)
+        state = queue.finish(conn, lease, Wait("dns not here", 300, 900), policy, at=at)
+        if state == "failed":
+            break
+        assert _task(conn, "ssl.web")["attempts"] == 0
+        at += 300
+    row = _task(conn, "ssl.web")
+    assert row["state"] == "failed" and "gave up waiting" in row["last_error"]
+    assert at == T0 + 900
+    # not blocking: the service is not put in error by it
+    assert conn.execute("SELECT state FROM services").fetchone()[0] != "error"
+
+
+def test_retry_policy_caps_the_delay():
+    policy = queue.RetryPolicy(max_attempts=20, base_seconds=30, factor=2, max_seconds=3600, jitter=0.1)
+    rng = random.Random(1)
+    delays = [policy.delay(n, rng) for n in range(1, 15)]
+    assert max(delays) <= 3600 * 1.1
+    assert delays[-1] >= 3600 * 0.9
