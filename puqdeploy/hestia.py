@@ -128,8 +128,11 @@ class Panel:
         data = self.check("v-list-user-package", package)
         return None if data is None else next(iter(data.values()), {})
 
-    def add_package(self, package: str, values: dict[str, str]) -> str:
-        return self.act("v-add-user-package", package_file(values), package, "yes")
+    def add_package(self, package: str, values: dict[str, str], rewrite: bool) -> str:
+        """Create (rewrite=False) or rewrite an existing package; HestiaCP refuses REWRITE=yes
+        for a package that does not exist yet, and E_EXISTS without it."""
+        args: tuple[Arg, ...] = (package_file(values), package) + (("yes",) if rewrite else ())
+        return self.act("v-add-user-package", *args)
 
     def add_user(self, user: str, password: str, email: str, package: str) -> str:
         return self.act("v-add-user", user, secret_file(password), email, package)

@@ -46,7 +46,12 @@ def package_values(role: str, limits: Mapping[str, object], nameservers: Sequenc
         "BANDWIDTH": _limit(limits, "web_bandwidth") if web else "unlimited",
         "NS": ",".join(nameservers),
         "SHELL": "nologin",
+        "CPU_QUOTA": "unlimited",
+        "CPU_QUOTA_PERIOD": "unlimited",
+        "MEMORY_LIMIT": "unlimited",
+        "SWAP_LIMIT": "unlimited",
         "BACKUPS": _limit(limits, "web_backups" if web else "mail_backups"),
+        "BACKUPS_INCREMENTAL": "no",
     }
 
 

@@ -76,14 +76,33 @@ class LocalTransport:
         paths: dict[int, str] = {}
         for index, arg in enumerate(command.args):
             if isinstance(arg, TempFile):
-                fd, path = tempfile.mkstemp(prefix="puqdeploy-", dir=self.tmp_dir)
+                if arg.filename:
+                    folder = tempfile.mkdtemp(prefix="puqdeploy-", dir=self.tmp_dir)  # 0700
+                    path = os.path.join(folder, arg.filename)
+                    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+                    paths[index] = folder
+                else:
+                    fd, path = tempfile.mkstemp(prefix="puqdeploy-", dir=self.tmp_dir)
+                    paths[index] = path
                 try:
                     os.fchmod(fd, 0o600)
                     os.write(fd, arg.content.encode())
                 finally:
                     os.close(fd)
-                paths[index] = path
         return paths
+
+    @staticmethod
+    def _remove_temp_files(paths: dict[int, str]) -> None:
+        for path in paths.values():
+            try:
+                if os.path.isdir(path):
+                    for name in os.listdir(path):
+                        os.unlink(os.path.join(path, name))
+                    os.rmdir(path)
+                else:
+                    os.unlink(path)
+            except FileNotFoundError:
+                pass
 
     def run(self, command: Command, *, timeout: float, on_line: Optional[LineSink] = None) -> CommandResult:
         sink = on_line or _noop_sink
@@ -105,11 +124,7 @@ class LocalTransport:
                 raise CommandTimeout(f"{command.program} timed out after {timeout:g} s and was killed")
             return CommandResult(proc.returncode, stdout, stderr, time.monotonic() - started)
         finally:
-            for path in paths.values():
-                try:
-                    os.unlink(path)
-                except FileNotFoundError:
-                    pass
+            self._remove_temp_files(paths)
 
     def close(self) -> None:
         return None

@@ -28,8 +28,10 @@ Choices, and why:
 - **Temp files over SFTP on the same connection.** Each `TempFile` goes to a fresh
   `/tmp/puqdeploy-<random>`, created exclusively (O_EXCL: no symlink games) *with* mode 0600 in
   the SFTP open request and chmod-ed to 0600 again before any content is written, so no other
-  user of a shared-hosting node can open it while it holds a password. It is removed in a
-  `finally`; if the connection died first, the path is remembered and removed as soon as the next
+  user of a shared-hosting node can open it while it holds a password. A TempFile with a
+  `filename` becomes `<0700 dir /tmp/puqdeploy-<random>>/<filename>` and the argument is the
+  directory (v-add-user-package reads PKG_DIR/NAME.pkg). Everything is removed in a `finally`;
+  if the connection died first, the paths are remembered and removed as soon as the next
   connection is up (and logged as a warning until then).
 - **Streaming without deadlock.** Each command's channel is polled with `select` and both stdout
   and stderr are drained whenever either has data, so multi-megabyte output on either stream
@@ -237,7 +239,7 @@ def _negotiate(node: Any, sock: socket.socket, prefer: list[str]) -> paramiko.Tr
     timeout = float(_opt(node, "connect_timeout_seconds", 10))
     transport = paramiko.Transport(sock)
     transport.banner_timeout = transport.handshake_timeout = transport.auth_timeout = timeout
-    pass
+    _prefer_key_types(transport, prefer)
     try:
         transport.start_client(timeout=timeout)
     except paramiko.IncompatiblePeer as exc:
@@ -439,7 +441,8 @@ class _Running:
 
     transport: paramiko.Transport
     sftp: Optional[paramiko.SFTPClient] = None
-    paths: dict[int, str] = field(default_factory=dict)
+    paths: dict[int, str] = field(default_factory=dict)  # argument index -> what the argv gets
+    created: list[tuple[str, str]] = field(default_factory=list)  # ("file" | "dir", path), in order
     channel: Optional[paramiko.Channel] = None
 
 
@@ -462,11 +465,28 @@ def _create_private_file(sftp: paramiko.SFTPClient, path: str) -> SFTPFile:
     return SFTPFile(sftp, msg.get_binary(), "wb")
 
 
-def _write_temp_file(sftp: paramiko.SFTPClient, content: str) -> str:
-    path = f"/tmp/puqdeploy-{_random.token_hex(12)}"
+def _write_private(sftp: paramiko.SFTPClient, path: str, content: str) -> None:
     with _create_private_file(sftp, path) as handle:
         handle.chmod(0o600)  # whatever the server did with the open attributes: 0600 before content
         handle.write(content.encode())
+
+
+def _write_temp_file(sftp: paramiko.SFTPClient, temp: TempFile, created: list[tuple[str, str]]) -> str:
+    """Write one TempFile; record what was created (for removal) and return the argv value."""
+    path = f"/tmp/puqdeploy-{_random.token_hex(12)}"
+    filename = getattr(temp, "filename", None)
+    if not filename:
+        created.append(("file", path))  # before writing: a half-written file is removed too
+        _write_private(sftp, path, temp.content)
+        return path
+    if "/" in filename or filename in (".", ".."):
+        raise ValueError(f"TempFile filename must be a plain file name, not {filename!r}")
+    sftp.mkdir(path, mode=0o700)
+    created.append(("dir", path))
+    sftp.chmod(path, 0o700)
+    inner = f"{path}/{filename}"
+    created.append(("file", inner))
+    _write_private(sftp, inner, temp.content)
     return path
 
 
@@ -490,7 +510,7 @@ class SSHTransport:
         self._attempts = 0
         self._last_error: Optional[BaseException] = None
         self._orphans_lock = threading.Lock()
-        self._orphans: list[str] = []
+        self._orphans: list[tuple[str, str]] = []
 
     # ----- public interface
 
@@ -526,9 +546,9 @@ class SSHTransport:
 
     @property
     def orphaned_temp_files(self) -> list[str]:
-        """Temp files a dead connection kept us from removing; removed at the next connection."""
+        """Temp paths a dead connection kept us from removing; removed at the next connection."""
         with self._orphans_lock:
-            return list(self._orphans)
+            return [path for _, path in self._orphans]
 
     # ----- connection
 
@@ -600,7 +620,7 @@ class SSHTransport:
                 continue
             if running.sftp is None:
                 running.sftp = self._open_sftp(running.transport)
-            running.paths[index] = _write_temp_file(running.sftp, arg.content)
+            running.paths[index] = _write_temp_file(running.sftp, arg, running.created)
 
     def _open_sftp(self, transport: paramiko.Transport) -> paramiko.SFTPClient:
         """An SFTP session on the shared connection; a live node refusing SFTP is a config error."""
@@ -694,29 +714,33 @@ class SSHTransport:
         """Close the channel and remove the temp files: on the same SFTP session if alive."""
         if running.channel is not None:
             running.channel.close()
-        leftovers = self._remove(running.sftp, list(running.paths.values())) if running.paths else []
+        leftovers = self._remove(running.sftp, running.created) if running.created else []
         if running.sftp is not None:
             running.sftp.close()
-        running.paths.clear()
+        running.created = []
         if leftovers:
             log.warning("node %s: could not remove temp files %s (connection lost); will retry on reconnect",
-                        self.node.name, ", ".join(leftovers))
+                        self.node.name, ", ".join(path for _, path in leftovers))
             with self._orphans_lock:
                 self._orphans.extend(leftovers)
 
     @staticmethod
-    def _remove(sftp: Optional[paramiko.SFTPClient], paths: list[str]) -> list[str]:
-        """Remove each path; return those that could not be removed (gone ones count as done)."""
-        left: list[str] = []
-        for path in paths:
+    def _remove(sftp: Optional[paramiko.SFTPClient], created: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Remove files, then their folders (reverse creation order); return what is left.
+
+        Anything already gone counts as removed, so a retried cleanup is harmless.
+        """
+        left: list[tuple[str, str]] = []
+        for kind, path in reversed(created):
             try:
                 if sftp is None:
                     raise paramiko.SSHException("no SFTP session")
-                sftp.remove(path)
+                (sftp.rmdir if kind == "dir" else sftp.remove)(path)
             except FileNotFoundError:
                 pass
             except _CONNECTION_ERRORS:
-                left.append(path)
+                left.append((kind, path))
+        left.reverse()
         return left
 
     def _remove_orphans(self, transport: paramiko.Transport) -> None:

@@ -227,7 +227,7 @@ class SSHNode:
         victims = descendants(process.pid)
         if process.poll() is None:
             process.terminate()
-        self._kill(victims)
+        self._kill(victims, spare_group=os.getpgid(0))
         try:
             process.wait(timeout=STOP_SECONDS)
         except subprocess.TimeoutExpired:
@@ -243,16 +243,25 @@ class SSHNode:
             victims = descendants(self._process.pid)
             if not victims:
                 return total
-            total += self._kill(victims)
+            total += self._kill(victims, spare_group=os.getpgid(self._process.pid))
         raise FleetError(f"{self.name}: connections keep reappearing")
 
     @staticmethod
-    def _kill(pids: list[int]) -> int:
+    def _kill(pids: list[int], spare_group: int) -> int:
+        """SIGKILL each pid and its process group: a child forked while we look (a command's
+        `sleep &`) is orphaned to init, out of the tree, but still in its session's group."""
+        groups = set()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                groups.add(os.getpgid(pid))
         killed = 0
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
                 killed += 1
+        for group in groups - {spare_group, os.getpgid(0)}:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGKILL)
         return killed
 
     @contextlib.contextmanager
@@ -334,10 +343,13 @@ class SSHFleet:
                 handle.write(public + "\n")
         return path
 
-    def node_config(self, name: str, **overrides: Any) -> Any:
-        """A puqdeploy NodeConfig that reaches `name` over SSH with the fleet's key and known_hosts."""
-        node = self[name]
-        fields = dict(name=name, host=node.address, ip=node.address, port=node.port, user="root",
+    def node_config(self, node_name: str, /, **overrides: Any) -> Any:
+        """A puqdeploy NodeConfig reaching `node_name` over SSH with the fleet's key and known_hosts.
+
+        Any field can be overridden (`hestia_bin=`, `known_hosts=`, even `name=` or `host=`).
+        """
+        node = self[node_name]
+        fields = dict(name=node_name, host=node.address, ip=node.address, port=node.port, user="root",
                       key_file=str(self.client_key), known_hosts=str(self.known_hosts),
                       transport="ssh", hestia_bin=node.bin_dir or "/usr/local/hestia/bin",
                       roles=frozenset(node.roles), connect_timeout_seconds=5.0,

@@ -778,6 +778,7 @@ def check_mail_reserved(panel, users, name):
 
 
 def reject_ip_domain(domain):
+    """Hestia refuses an IPv4 address as a domain name, with exit 1 (not 2)."""
     if is_ipv4(domain):
         raise Exit(E_ARGS, "Error: Invalid domain format. IP address detected as input.")
 
@@ -835,6 +836,8 @@ def check_package_consistent(panel, values):
 
 
 def cmd_add_user_package(panel, args):
+    """v-add-user-package TMPFILE PACKAGE [REWRITE]. REWRITE=yes needs the package to exist
+    (3 otherwise) and only rewrites the .pkg: users keep the limits copied into their user.conf."""
     tmpfile, package, rewrite = args[0], args[1], arg(args, 2)
     check_object_format(package, "package")
     if rewrite != "yes":
@@ -870,6 +873,7 @@ PACKAGES_JSON_KEYS = (
 
 
 def cmd_list_user_package(panel, args):
+    """v-list-user-package PACKAGE [FORMAT]."""
     package, fmt = args[0], arg(args, 1, "shell")
     check_object_format(package, "package")
     panel.require_package(package)
@@ -878,6 +882,7 @@ def cmd_list_user_package(panel, args):
 
 
 def cmd_list_user_packages(panel, args):
+    """v-list-user-packages [FORMAT]: newest first, and (like Hestia) without BACKEND_TEMPLATE."""
     fmt = arg(args, 0, "shell")
     try:
         names = [n for n in os.listdir(panel.pkg_dir) if n.endswith(".pkg")]
@@ -910,6 +915,7 @@ def cmd_delete_user_package(panel, args):
 # --------------------------------------------------------------------------- users
 
 def cmd_add_user(panel, args):
+    """v-add-user USER PASSWORD EMAIL [PACKAGE] [NAME] [LASTNAME], checks in Hestia's order."""
     user, password, email = args[0], args[1], args[2]
     package = arg(args, 3, "default")
     name = arg(args, 4)
@@ -928,6 +934,11 @@ def cmd_add_user(panel, args):
         raise Fail(E_EXISTS, f"user {user} exists")
     password = read_password_arg(password)
     panel.require_package(package)
+    # Hestia's regex allows capitals and '|', but Debian's useradd does not: the account
+    # creation itself fails, which Hestia reports as E_INVALID.
+    if user[0] not in "abcdefghijklmnopqrstuvwxyz_" or not all(
+            c in "abcdefghijklmnopqrstuvwxyz0123456789_-" for c in user):
+        raise Fail(E_INVALID, "user creation failed")
     create_user(panel, user, password, email, package, name)
 
 
@@ -981,6 +992,7 @@ USERS_JSON_KEYS = (
 
 
 def cmd_list_user(panel, args):
+    """v-list-user USER [FORMAT]."""
     user, fmt = args[0], arg(args, 1, "shell")
     check_user_format(user)
     conf = panel.require_user(user)
@@ -993,6 +1005,7 @@ def cmd_list_user(panel, args):
 
 
 def cmd_list_users(panel, args):
+    """v-list-users [FORMAT]: every account in creation order, the admin included."""
     fmt = arg(args, 0, "shell")
     entries = []
     for user, _ in panel.shadow():
@@ -1003,6 +1016,7 @@ def cmd_list_users(panel, args):
 
 
 def cmd_delete_user(panel, args):
+    """v-delete-user USER [RESTART]: its web, DNS and mail objects go first."""
     user, restart = args[0], arg(args, 1)
     check_user_format(user)
     check_restart(restart)
@@ -1050,6 +1064,7 @@ def check_package_covers(conf, pkg):
 
 
 def cmd_change_user_package(panel, args):
+    """v-change-user-package USER PACKAGE [FORCE]."""
     user, package, force = args[0], args[1], arg(args, 2)
     check_user_format(user)
     check_object_format(package, "package")
@@ -1059,6 +1074,7 @@ def cmd_change_user_package(panel, args):
 
 
 def cmd_change_user_password(panel, args):
+    """v-change-user-password USER [PASSWORD]; without PASSWORD it is read from stdin."""
     user, password = args[0], arg(args, 1)
     check_user_format(user)
     conf = panel.require_user(user)
@@ -1084,12 +1100,14 @@ def cmd_change_user_password(panel, args):
 
 
 def read_stdin_line():
+    """One line of stdin with bash `read`'s trimming ('' at EOF or without stdin)."""
     if sys.stdin is None:
         return ""
     return sys.stdin.readline().strip(" \t\n")
 
 
 def cmd_suspend_user(panel, args):
+    """v-suspend-user USER: 5 when already suspended; suspends its web, mail and DNS too."""
     user, restart = args[0], arg(args, 1)
     check_user_format(user)
     check_restart(restart)
@@ -1126,6 +1144,7 @@ def set_mail_domain_suspended(panel, user, domain, suspended):
 
 
 def set_dns_domain_suspended(panel, user, domain, suspended):
+    """v-(un)suspend-dns-domain: the zone and all its records flip together."""
     flag = "yes" if suspended else "no"
     panel.update(user, "dns", "DOMAIN", domain, SUSPENDED=flag)
     records = panel.objects(user, "dns/" + domain)
@@ -1155,6 +1174,7 @@ def unsuspend_user(panel, user):
 
 
 def cmd_unsuspend_user(panel, args):
+    """v-unsuspend-user USER (see unsuspend_user: no 'already' check)."""
     user, restart = args[0], arg(args, 1)
     check_user_format(user)
     check_restart(restart)
@@ -1176,6 +1196,10 @@ def default_alias(domain):
 
 
 def cmd_add_web_domain(panel, args):
+    """v-add-web-domain USER DOMAIN [IP] [RESTART] [ALIASES] [PROXY_EXTENSIONS].
+
+    The package limit is checked before existence, so re-adding a domain a user already has
+    at WEB_DOMAINS=1 fails with E_LIMIT (8), not E_EXISTS: list before adding."""
     user, domain = args[0], format_domain(args[1])
     ip, restart = arg(args, 2), arg(args, 3)
     aliases, proxy_ext = format_aliases(arg(args, 4)), arg(args, 5)
@@ -1230,12 +1254,15 @@ WEBS_JSON_KEYS = (
 
 
 def web_pairs(user, obj, keys):
+    """A web.conf object as JSON pairs, with the derived DOCUMENT_ROOT."""
     obj = dict(obj)
-    obj["DOCUMENT_ROOT"] = obj.get("CUSTOM_DOCROOT") or f"/home/{user}/web/{obj['DOMAIN']}/public_html/"
+    default_root = f"/home/{user}/web/{obj['DOMAIN']}/public_html/"
+    obj["DOCUMENT_ROOT"] = obj.get("CUSTOM_DOCROOT") or default_root
     return [(key, obj.get(key, "")) for key in keys]
 
 
 def cmd_list_web_domain(panel, args):
+    """v-list-web-domain USER DOMAIN [FORMAT] (the name is not normalised, as in Hestia)."""
     user, domain, fmt = args[0], args[1], arg(args, 2, "shell")
     check_user_format(user)
     check_domain_format(domain)
@@ -1245,6 +1272,7 @@ def cmd_list_web_domain(panel, args):
 
 
 def cmd_list_web_domains(panel, args):
+    """v-list-web-domains USER [FORMAT]."""
     user, fmt = args[0], arg(args, 1, "shell")
     check_user_format(user)
     panel.require_user(user)
@@ -1253,6 +1281,7 @@ def cmd_list_web_domains(panel, args):
 
 
 def delete_web_domain(panel, user, domain):
+    """Remove a web domain and give its counters back."""
     obj = panel.find(user, "web", "DOMAIN", domain)
     panel.save_objects(user, "web", [o for o in panel.objects(user, "web")
                                      if o.get("DOMAIN") != domain])
@@ -1267,6 +1296,7 @@ def delete_web_domain(panel, user, domain):
 
 
 def cmd_delete_web_domain(panel, args):
+    """v-delete-web-domain USER DOMAIN [RESTART]."""
     user, domain, restart = args[0], format_domain(args[1]), arg(args, 2)
     check_user_format(user)
     check_domain_format(domain)
@@ -1277,6 +1307,8 @@ def cmd_delete_web_domain(panel, args):
 
 
 def cmd_change_web_domain_backend_tpl(panel, args):
+    """v-change-web-domain-backend-tpl USER DOMAIN TEMPLATE: default, no-php, socket or
+    PHP-X_Y for the node's PHP versions; anything else is 3."""
     user, domain, template, restart = args[0], format_domain(args[1]), args[2], arg(args, 3)
     check_user_format(user)
     check_domain_format(domain)
@@ -1294,6 +1326,8 @@ def cmd_change_web_domain_backend_tpl(panel, args):
 # --------------------------------------------------------------------------- DNS
 
 def cmd_add_dns_domain(panel, args):
+    """v-add-dns-domain USER DOMAIN IP [NS1..NS8] [RESTART] [DNSSEC]: the zone comes from the
+    user's DNS_TEMPLATE; with NS2 empty the package's NS list is used."""
     user, domain, ip = args[0], format_domain(args[1]), args[2]
     ns = [arg(args, i) for i in range(3, 11)]
     restart, dnssec = arg(args, 11), arg(args, 12)
@@ -1353,6 +1387,7 @@ DNS_JSON_KEYS = ("IP", "TPL", "TTL", "EXP", "SOA", "SERIAL", "DNSSEC", "SRC", "R
 
 
 def cmd_list_dns_domain(panel, args):
+    """v-list-dns-domain USER DOMAIN [FORMAT]."""
     user, domain, fmt = args[0], args[1], arg(args, 2, "shell")
     check_user_format(user)
     check_domain_format(domain)
@@ -1362,6 +1397,7 @@ def cmd_list_dns_domain(panel, args):
 
 
 def cmd_list_dns_domains(panel, args):
+    """v-list-dns-domains USER [FORMAT]."""
     user, fmt = args[0], arg(args, 1, "shell")
     check_user_format(user)
     panel.require_user(user)
@@ -1370,6 +1406,7 @@ def cmd_list_dns_domains(panel, args):
 
 
 def delete_dns_domain(panel, user, domain):
+    """Remove a zone and its records, giving the counters back."""
     obj = panel.find(user, "dns", "DOMAIN", domain)
     records = len(panel.objects(user, "dns/" + domain))
     panel.save_objects(user, "dns", [o for o in panel.objects(user, "dns")
@@ -1382,6 +1419,7 @@ def delete_dns_domain(panel, user, domain):
 
 
 def cmd_delete_dns_domain(panel, args):
+    """v-delete-dns-domain USER DOMAIN [RESTART]."""
     user, domain, restart = args[0], format_domain(args[1]), arg(args, 2)
     check_user_format(user)
     check_domain_format(domain)
@@ -1485,11 +1523,13 @@ def bump_zone(panel, user, domain, count):
 
 
 def cmd_add_dns_record(panel, args):
+    """v-add-dns-record USER DOMAIN RECORD TYPE VALUE [PRIORITY] [ID] [RESTART] [TTL]."""
     add_dns_record(panel, args[0], args[1], args[2], args[3], args[4], arg(args, 5),
                    arg(args, 6), arg(args, 7), arg(args, 8))
 
 
 def cmd_list_dns_records(panel, args):
+    """v-list-dns-records USER DOMAIN [FORMAT]: keyed by ID; TTL falls back to the zone's."""
     user, domain, fmt = args[0], args[1], arg(args, 2, "shell")
     check_user_format(user)
     check_domain_format(domain)
@@ -1508,6 +1548,7 @@ def cmd_list_dns_records(panel, args):
 
 
 def delete_dns_record(panel, user, domain, rid):
+    """Remove one record (Hestia refuses to drop the last A or NS record)."""
     kind = "dns/" + domain
     records = panel.objects(user, kind)
     target = next(r for r in records if r.get("ID") == rid)
@@ -1522,6 +1563,7 @@ def delete_dns_record(panel, user, domain, rid):
 
 
 def cmd_delete_dns_record(panel, args):
+    """v-delete-dns-record USER DOMAIN ID: the last A or NS record cannot go (2)."""
     user, domain, rid, restart = args[0], format_domain(args[1]), args[2], arg(args, 3)
     check_user_format(user)
     check_domain_format(domain)
@@ -1586,6 +1628,8 @@ def publish_dkim(panel, user, domain):
 
 
 def cmd_add_mail_domain(panel, args):
+    """v-add-mail-domain USER DOMAIN [ANTISPAM] [ANTIVIRUS] [DKIM] [DKIM_SIZE] [RESTART]
+    [REJECT_SPAM]: DKIM (default yes) is published only into an existing local zone."""
     user, domain = args[0], format_domain(args[1])
     antispam, antivirus, dkim = arg(args, 2, "yes"), arg(args, 3, "yes"), arg(args, 4, "yes")
     dkim_size, restart, reject = arg(args, 5, "2048"), arg(args, 6), arg(args, 7, "no")
@@ -1619,6 +1663,7 @@ def cmd_add_mail_domain(panel, args):
 
 
 def cmd_add_mail_domain_dkim(panel, args):
+    """v-add-mail-domain-dkim USER DOMAIN [SIZE]: 4 when DKIM is already on."""
     user, domain, size = args[0], format_domain(args[1]), arg(args, 2, "2048")
     check_user_format(user)
     check_domain_format(domain)
@@ -1667,6 +1712,7 @@ MAILS_JSON_KEYS = ("ANTIVIRUS", "ANTISPAM", "REJECT", "RATE_LIMIT", "DKIM", "CAT
 
 
 def cmd_list_mail_domain(panel, args):
+    """v-list-mail-domain USER DOMAIN [FORMAT]."""
     user, domain, fmt = args[0], args[1], arg(args, 2, "shell")
     check_user_format(user)
     check_domain_format(domain)
@@ -1677,6 +1723,7 @@ def cmd_list_mail_domain(panel, args):
 
 
 def cmd_list_mail_domains(panel, args):
+    """v-list-mail-domains USER [FORMAT]."""
     user, fmt = args[0], arg(args, 1, "shell")
     check_user_format(user)
     panel.require_user(user)
@@ -1687,6 +1734,7 @@ def cmd_list_mail_domains(panel, args):
 
 
 def delete_mail_domain(panel, user, domain):
+    """Remove a mail domain, its accounts, key and DKIM records."""
     obj = panel.find(user, "mail", "DOMAIN", domain)
     accounts = len(panel.objects(user, "mail/" + domain))
     if obj.get("DKIM") == "yes" and panel.has_file(user, "dns/" + domain):
@@ -1707,6 +1755,7 @@ def delete_mail_domain(panel, user, domain):
 
 
 def cmd_delete_mail_domain(panel, args):
+    """v-delete-mail-domain USER DOMAIN: also removes its DKIM records from the local zone."""
     user, domain = args[0], format_domain(args[1])
     check_user_format(user)
     check_domain_format(domain)
@@ -1734,6 +1783,8 @@ def mail_account_context(panel, args, need_unsuspended=True, quota=None):
 
 
 def cmd_add_mail_account(panel, args):
+    """v-add-mail-account USER DOMAIN ACCOUNT PASSWORD [QUOTA]. MAIL_ACCOUNTS is a limit per
+    mail domain (Hestia counts the domain's accounts), not per user."""
     account = args[2].lower() if any(c.isupper() for c in args[2]) else args[2]
     quota = arg(args, 4, "unlimited")
     user, domain, account = mail_account_context(panel, [args[0], args[1], account],
@@ -1763,6 +1814,7 @@ ACCOUNTS_JSON_KEYS = ("ALIAS", "FWD", "FWD_ONLY", "AUTOREPLY", "QUOTA", "U_DISK"
 
 
 def cmd_list_mail_account(panel, args):
+    """v-list-mail-account USER DOMAIN ACCOUNT [FORMAT]."""
     user, domain, account, fmt = args[0], args[1], args[2], arg(args, 3, "shell")
     check_user_format(user)
     check_domain_format(domain)
@@ -1775,6 +1827,7 @@ def cmd_list_mail_account(panel, args):
 
 
 def cmd_list_mail_accounts(panel, args):
+    """v-list-mail-accounts USER DOMAIN [FORMAT]."""
     user, domain, fmt = args[0], args[1], arg(args, 2, "shell")
     check_user_format(user)
     check_domain_format(domain)
@@ -1785,6 +1838,7 @@ def cmd_list_mail_accounts(panel, args):
 
 
 def cmd_delete_mail_account(panel, args):
+    """v-delete-mail-account USER DOMAIN ACCOUNT (allowed while suspended)."""
     user, domain, account = mail_account_context(panel, args, need_unsuspended=False)
     kind = "mail/" + domain
     panel.require(user, kind, "ACCOUNT", account)
@@ -1795,6 +1849,7 @@ def cmd_delete_mail_account(panel, args):
 
 
 def cmd_change_mail_account_password(panel, args):
+    """v-change-mail-account-password USER DOMAIN ACCOUNT PASSWORD (5 while suspended)."""
     user, domain, account = mail_account_context(panel, args)
     kind = "mail/" + domain
     obj = panel.require(user, kind, "ACCOUNT", account)
@@ -1804,6 +1859,7 @@ def cmd_change_mail_account_password(panel, args):
 
 
 def cmd_change_mail_account_quota(panel, args):
+    """v-change-mail-account-quota USER DOMAIN ACCOUNT QUOTA (MB; 0 = unlimited)."""
     quota = args[3]
     user, domain, account = mail_account_context(panel, args, quota=quota)
     kind = "mail/" + domain
@@ -1815,6 +1871,7 @@ def cmd_change_mail_account_quota(panel, args):
 
 
 def cmd_suspend_mail_account(panel, args):
+    """v-suspend-mail-account USER DOMAIN ACCOUNT: 5 when already suspended."""
     user, domain, account = mail_account_context(panel, args)
     kind = "mail/" + domain
     obj = panel.require(user, kind, "ACCOUNT", account)
@@ -1823,6 +1880,7 @@ def cmd_suspend_mail_account(panel, args):
 
 
 def cmd_unsuspend_mail_account(panel, args):
+    """v-unsuspend-mail-account USER DOMAIN ACCOUNT: 6 when not suspended."""
     user, domain, account = mail_account_context(panel, args)
     kind = "mail/" + domain
     obj = panel.require(user, kind, "ACCOUNT", account)
@@ -1866,7 +1924,7 @@ def cmd_add_letsencrypt_domain(panel, args):
     if not mail:
         seed_caa_record(panel, user, domain)
     names = sorted(set(names))
-    cert = names[0] if not mail else f"mail.{domain}"
+    cert = domain if not mail else f"mail.{domain}"
     write_atomic(panel.path(user, "ssl", f"{cert}.crt"), "".join(n + "\n" for n in names))
     if not mail:
         if obj.get("SSL") != "yes":
@@ -1894,6 +1952,7 @@ def seed_caa_record(panel, user, domain):
 
 
 def cmd_list_sys_info(panel, args):
+    """v-list-sys-info [FORMAT]: host name, OS and Hestia version from data/hestia.conf."""
     fmt = arg(args, 0, "shell")
     try:
         with open("/proc/uptime") as handle:
@@ -2024,6 +2083,7 @@ def claim_rule(node_dir, faults, program, args):
 
 
 def take_fault_budget(node_dir, key, times):
+    """Use one of a rule's `times`; False once they are spent. Locked: runs may overlap."""
     import fcntl
     import json
 
@@ -2171,10 +2231,14 @@ def masked_args(program, args):
 
 
 def main(argv):
+    """Entry point: ``NODE_DIR PROGRAM ARGS...``; returns the exit code."""
     if len(argv) < 2:
         sys.stderr.write("usage: hestia_sim.py NODE_DIR PROGRAM [ARGS...]\n")
         return 2
     node_dir, program, args = os.path.abspath(argv[0]), argv[1], argv[2:]
+    if not os.path.isdir(os.path.join(node_dir, "data")):
+        sys.stderr.write(f"hestia_sim: {node_dir} is not a simulated node (no data/)\n")
+        return 1
     recorder = Recorder(node_dir, program, args)
     code = 1
     try:

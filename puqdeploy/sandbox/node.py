@@ -56,7 +56,8 @@ WRAPPER = """#!/bin/sh
 # Simulated HestiaCP command (puqdeploy sandbox): runs hestia_sim for the name it is called by.
 # Imports hestia_sim rather than running it as a script so its bytecode is cached (~3x faster);
 # `python -I -S hestia_sim.py NODE PROGRAM ARGS...` is the same entry point.
-exec {python} -I -S -c {code} {sim_dir} {node} "$(basename "$0")" "$@"
+# ${{0##*/}} is `basename "$0"` without forking a process.
+exec {python} -I -S -c {code} {sim_dir} {node} "${{0##*/}}" "$@"
 """
 _BOOT = ("import sys; sys.path.append(sys.argv.pop(1)); import hestia_sim; "
          "sys.exit(hestia_sim.main(sys.argv[1:]))")

@@ -20,7 +20,7 @@ def ensure_package(ctx: StepContext, role: str, package: str) -> str:
     current = ctx.panel.list_package(package)
     if current is not None and not differs(wanted, current):
         return "already present"
-    ctx.panel.add_package(package, wanted)
+    ctx.panel.add_package(package, wanted, rewrite=current is not None)
     return "created" if current is None else "updated"
 
 
