@@ -14,6 +14,7 @@ through a transport with the check-then-act discipline:
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Callable, Optional
 
@@ -65,11 +66,23 @@ def _error_line(output: str) -> str:
 
 
 def parse_json(text: str) -> dict:
-    """Parse HestiaCP's hand-concatenated JSON (lenient about control characters)."""
+    """Parse HestiaCP's hand-concatenated JSON.
+
+    HestiaCP builds JSON by string concatenation and escapes only `"`, so a value holding a
+    backslash (its own DKIM record is stored as `v=DKIM1\\; k=rsa\\; ...`) makes the document
+    invalid. On such an error, backslashes that do not start a valid escape are doubled and the
+    parse is tried once more.
+    """
     text = text.strip()
     if not text:
         return {}
-    return json.loads(text, strict=False)
+    try:
+        return json.loads(text, strict=False)
+    except ValueError:
+        return json.loads(_INVALID_ESCAPE.sub(r"\\\\", text), strict=False)
+
+
+_INVALID_ESCAPE = re.compile(r'\\(?!["\\/bfnrtu])')
 
 
 def package_file(values: dict[str, str]) -> TempFile:
@@ -160,8 +173,11 @@ class Panel:
         if not data:
             return None
         entry = data.get("mail._domainkey") or next(iter(data.values()), {})
-        value = str(entry.get("TXT", "")).strip().strip("'\"")
-        return value or None
+        value = str(entry.get("TXT", "")).strip().strip("'\"").replace("\\;", ";")
+        # without a key HestiaCP answers 0 with a placeholder, not E_NOTEXIST
+        if not value or "NOT-ACTIVATED" in value.upper() or "p=" not in value:
+            return None
+        return value
 
     def add_dkim(self, user: str, domain: str) -> str:
         return self.act("v-add-mail-domain-dkim", user, domain)

@@ -76,7 +76,7 @@ class LogBuffer:
     def __call__(self, stream: str, line: str) -> None:
         with self.lock:
             self.pending.append((self.attempt_id, store.now(), stream, line))
-            due = stream in ("exit", "error") or time.monotonic() - self.last_flush >= self.interval
+            due = stream in ("cmd", "exit", "error") or time.monotonic() - self.last_flush >= self.interval
         if due:
             self.flush()
 

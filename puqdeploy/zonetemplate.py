@@ -42,6 +42,7 @@ def record_key(name: str, rtype: str, value: str, priority: str = "") -> tuple[s
     value = value.strip()
     if len(value) >= 2 and value[0] == value[-1] == '"':
         value = value[1:-1]
+    value = value.replace("\\;", ";").replace("%quote%", "'")  # HestiaCP's own escapes
     if rtype != "TXT":
         value = value.rstrip(".").lower()
     return (name.lower().rstrip(".") or "@", rtype, value, str(priority or "").strip())

@@ -33,7 +33,8 @@ def test_four_runners_over_a_hundred_services(sandbox):
     total_tasks = conn.execute("SELECT count(*) FROM tasks").fetchone()[0]
     assert total_tasks == SERVICES * 6
 
-    runners = [sandbox.popen("run", "--budget", "600") for _ in range(RUNNERS)]
+    # one worker each, so no single runner can occupy every node and the four really compete
+    runners = [sandbox.popen("run", "--budget", "600", "--workers", "1") for _ in range(RUNNERS)]
     results = [proc.communicate(timeout=900) for proc in runners]
     assert [proc.returncode for proc in runners] == [0] * RUNNERS, results
     leased = [int(err.split("leased ")[1].split(",")[0]) for _, err in results]

@@ -61,7 +61,8 @@ def test_killed_runner_is_rescued_and_service_still_ends_active(sandbox):
     _wait_for(lambda: time.time() > expires + 0.05, timeout=30, what="the lease to expire")
 
     proc = sandbox.cli("run", check=True)
-    assert "rescued 1" in proc.stderr, proc.stderr
+    rescued = int(proc.stderr.split("rescued ")[1].split()[0])
+    assert rescued >= 1, proc.stderr  # web.domain, and whatever else the dead runner held
     status = json.loads(sandbox.cli("status", "k1", "--json", check=True).stdout)
     assert status["state"] == "active", status
     attempts = conn.execute("SELECT outcome, error FROM attempts WHERE task_id = ? ORDER BY number",
