@@ -6,8 +6,9 @@ colour with NO_COLOR, and no control codes at all when stdout is not a terminal 
 
 from __future__ import annotations
 
+import os
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -25,7 +26,12 @@ SETTLED = ("active", "error", "suspended", "terminated")
 
 
 def _console() -> Console:
-    return Console(highlight=False)
+    """A console that is 120 columns wide when writing to a pipe or file (rich would use 80),
+    so timelines piped into `less` or a ticket stay on one line per task."""
+    console = Console(highlight=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(highlight=False, width=120)
+    return console
 
 
 def _hms(iso: str | None) -> str:
@@ -53,12 +59,13 @@ def status_view(payload: dict):
     bar.add_row(ProgressBar(total=max(progress["total"], 1), completed=progress["done"], width=40),
                 f"{progress['percent']}%  ({progress['done']}/{progress['total']} steps)")
     timeline = Table(title="Timeline", expand=False, title_justify="left")
-    for column in ("#", "step", "node", "state", "tries", "started", "took", "result / last error"):
-        timeline.add_column(column)
-    for index, task in enumerate(payload["tasks"], start=1):
+    for column in ("step", "node", "state", "tries", "started", "took"):
+        timeline.add_column(column, no_wrap=column != "step")
+    timeline.add_column("result / last error", overflow="fold")
+    for task in payload["tasks"]:
         outcome = task["result"] if task["state"] == "done" else (task["last_error"] or task["result"] or "")
         label = task["label"] + ("" if task["blocking"] else " (optional)")
-        timeline.add_row(str(index), label, task["node"] or "-",
+        timeline.add_row(label, task["node"] or "-",
                          Text(task["state"], STATE_STYLE.get(task["state"], "")),
                          f"{task['attempts']}/{task['max_attempts']}", _hms(task["started_at"]),
                          _dur(task["duration_s"]), outcome)
@@ -76,14 +83,17 @@ def print_status(payload: dict) -> None:
     _console().print(status_view(payload))
 
 
-def watch_status(fetch: Callable[[], dict], interval: float = 1.0) -> None:
-    """Redraw in place (rich Live) until the service settles or the user presses Ctrl-C."""
+def watch_status(fetch: Callable[[], dict], interval: float = 1.0,
+                 until: Optional[Callable[[dict], bool]] = None) -> None:
+    """Redraw in place (rich Live) until the service settles (or `until` says so) or the user
+    presses Ctrl-C. In a pipe rich draws only the final frame, so the output stays clean."""
     console = _console()
     payload = fetch()
+    done = until or _settled
     try:
         with Live(status_view(payload), console=console, refresh_per_second=4,
                   auto_refresh=False) as live:
-            while not _settled(payload):
+            while not done(payload):
                 time.sleep(interval)
                 payload = fetch()
                 live.update(status_view(payload), refresh=True)

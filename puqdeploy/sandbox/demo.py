@@ -34,9 +34,11 @@ def run_demo(keep: bool = False, delay_seconds: float = 0.4) -> None:
         runner = Runner(config, workers=config.runner.workers, budget=config.runner.budget_seconds)
         tick = threading.Thread(target=runner.tick, daemon=True)
         tick.start()
-        render.watch_status(lambda: views.status(conn, "demo-1"), interval=0.3)
+        render.watch_status(lambda: views.status(conn, "demo-1"), interval=0.3,
+                            until=lambda payload: not tick.is_alive())
         tick.join()
-        render.print_status(views.status(conn, "demo-1"))
+        print("\nThe tick ended: every blocking step is done and the service is active; Auto-SSL"
+              "\nwaits until example.com points at web1 (nothing resolves it in the sandbox).")
         if keep:
             print(f"\nsandbox kept: puqdeploy --config {folder}/config.yaml status demo-1")
     finally:
