@@ -325,5 +325,79 @@ def demo(keep, delay) -> None:
     run_demo(keep=keep, delay_seconds=delay)
 
 
+@main.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.pass_context
+def nodes(ctx, as_json) -> None:
+    """Nodes with roles, load/capacity, active flag; `check` and `trust` below.
+
+    Without a subcommand: every configured node with its host, port, transport, roles,
+    services placed on it against its capacity, the active flag and max_concurrency.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from puqdeploy import nodes as nodes_mod
+
+    rows = nodes_mod.listing(_config(ctx), _store(ctx))
+    if as_json:
+        _emit_json({"nodes": rows})
+        return
+    for line in nodes_mod.listing_lines(rows):
+        click.echo(line)
+
+
+@nodes.command("check")
+@click.argument("node", required=False)
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=30.0,
+              show_default=True, help="Seconds v-list-sys-info may take on a node.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.pass_context
+def nodes_check(ctx, node, timeout, as_json) -> None:
+    """Connect to every node (or NODE) and run `v-list-sys-info json`.
+
+    Reports per node: reachable, latency in ms, the HestiaCP version and the error, if any.
+    Nodes are checked in parallel. Exit codes: 0 every checked node answered with a version,
+    1 at least one node is unreachable or its panel did not answer properly, 4 unknown NODE.
+    """
+    from puqdeploy import nodes as nodes_mod
+
+    rows = nodes_mod.check(_config(ctx), [node] if node else None, timeout=timeout)
+    if as_json:
+        _emit_json({"nodes": rows})
+    else:
+        for line in nodes_mod.check_lines(rows):
+            click.echo(line)
+    if not all(row["ok"] for row in rows):
+        ctx.exit(1)
+
+
+@nodes.command("trust")
+@click.argument("node")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (you checked the fingerprint).")
+@click.pass_context
+def nodes_trust(ctx, node, yes) -> None:
+    """Fetch NODE's SSH host key, show its fingerprint, and add it to the node's known_hosts.
+
+    Compare the fingerprint with the node's console first
+    (`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`). Refused (exit 2) for a local node, a
+    node with a pinned host_key, or when known_hosts already holds a different key for it.
+    """
+    from puqdeploy import nodes as nodes_mod
+
+    target = nodes_mod.trust_target(_config(ctx), node)
+    key = nodes_mod.fetch_host_key(target)
+    click.echo(f"node {target.name} ({target.host} port {target.port}) presents host key "
+               f"{key.key_type} {key.fingerprint}")
+    others = nodes_mod.conflicting_keys(target, key)
+    if others:  # trust() refuses; say so before asking anything
+        nodes_mod.trust(target, key)
+    if not yes and not click.confirm(f"Trust this key for node {target.name}?"):
+        raise UsageError("host key not trusted: nothing written")
+    if nodes_mod.trust(target, key):
+        click.echo(f"added to {target.known_hosts}")
+    else:
+        click.echo(f"already in {target.known_hosts}: nothing changed")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -157,6 +157,15 @@ def append_known_host(known_hosts_path: str, node: Any, key_type: str, key_base6
     return True
 
 
+def known_host_fingerprints(known_hosts_path: Optional[str], node: Any) -> list[str]:
+    """SHA256 fingerprints of the keys the file already lists for the node (plain or hashed).
+
+    `nodes trust` uses it to refuse adding a second, different key next to an old one.
+    """
+    name = known_hosts_name(node.host, _opt(node, "port", 22))
+    return [fingerprint(k) for k in _known_hosts_keys(known_hosts_path, name, node)]
+
+
 def _lacks_final_newline(path: str) -> bool:
     """True when appending a line would glue it onto the file's last line."""
     with open(path, "rb") as handle:

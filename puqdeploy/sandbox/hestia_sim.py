@@ -93,7 +93,14 @@ DEFAULT_PROXY_EXT = (
 DNS_RECORD_TYPES = ("A", "AAAA", "NS", "CNAME", "MX", "TXT", "SRV", "DNSKEY", "KEY",
                     "IPSECKEY", "PTR", "SPF", "TLSA", "CAA", "DS")
 ZONE_TTL = "14400"
-SERIAL_BASE = 3000000000
+# The SOA timers Hestia writes into every zone file: refresh, retry, expire, negative-cache TTL.
+SOA_TIMERS = ("7200", "3600", "1209600", "180")
+# Where a command's RESTART argument is (v-restart-dns is skipped when it is "no"); commands
+# not listed (mail domains' DKIM, Let's Encrypt's CAA) always restart, as their sub-calls do.
+RESTART_ARG = {"v-add-dns-domain": 11, "v-delete-dns-domain": 2, "v-add-dns-record": 7,
+               "v-delete-dns-record": 3, "v-delete-user": 1, "v-suspend-user": 1,
+               "v-unsuspend-user": 1}
+RELOAD_TIMEOUT = 30.0
 
 # DNS zone templates: (ID, RECORD, TYPE, PRIORITY, VALUE) with Hestia's placeholders. The record
 # set is the one HestiaCP's stock templates produce; records naming an unused %ns3%..%ns8% are
@@ -590,6 +597,13 @@ class Panel:
         self.time = time.strftime("%H:%M:%S", now)
         self.date = time.strftime("%Y-%m-%d", now)
         self.year_ahead = time.strftime("%Y-%m-%d", time.localtime(time.time() + 365 * 86400))
+        self.serial_day = time.strftime("%Y%m%d", now)
+        # Zones (domain -> owner) whose conf changed in this command: their BIND files are
+        # rewritten, and the DNS server reloaded, when the command ends (see publish_zones).
+        self.changed_zones = {}
+
+    def zone_changed(self, user, domain):
+        self.changed_zones[domain] = user
 
     # -- paths and files
     def path(self, user, *parts):
@@ -1151,6 +1165,7 @@ def set_dns_domain_suspended(panel, user, domain, suspended):
     for record in records:
         record["SUSPENDED"] = flag
     panel.save_objects(user, "dns/" + domain, records)
+    panel.zone_changed(user, domain)
     (panel.increase if suspended else panel.decrease)(user, "SUSPENDED_DNS")
 
 
@@ -1356,11 +1371,13 @@ def cmd_add_dns_domain(panel, args):
     panel.save_objects(user, "dns/" + domain, records)
     zone = {
         "DOMAIN": domain, "IP": ip, "TPL": template, "TTL": ZONE_TTL, "EXP": panel.year_ahead,
-        "SOA": ns[0], "SERIAL": str(SERIAL_BASE), "SRC": "", "RECORDS": str(len(records)),
+        "SOA": ns[0], "SERIAL": panel.serial_day + "01", "SRC": "",
+        "RECORDS": str(len(records)),
         "DNSSEC": dnssec or "no", "KEY": "", "SLAVE": "no", "MASTER": "", "SUSPENDED": "no",
         "TIME": panel.time, "DATE": panel.date,
     }
     panel.save_objects(user, "dns", panel.objects(user, "dns") + [zone])
+    panel.zone_changed(user, domain)
     panel.increase(user, "U_DNS_DOMAINS")
     panel.increase(user, "U_DNS_RECORDS", len(records))
 
@@ -1412,6 +1429,7 @@ def delete_dns_domain(panel, user, domain):
     panel.save_objects(user, "dns", [o for o in panel.objects(user, "dns")
                                      if o.get("DOMAIN") != domain])
     remove_file(panel.path(user, "dns", f"{domain}.conf"))
+    panel.zone_changed(user, domain)
     panel.decrease(user, "U_DNS_DOMAINS")
     panel.decrease(user, "U_DNS_RECORDS", records)
     if obj.get("SUSPENDED") == "yes":
@@ -1516,10 +1534,23 @@ def check_nameserver(records, domain, rtype, value):
 def bump_zone(panel, user, domain, count):
     """update_domain_serial + the RECORDS count, as after every record change."""
     zone = panel.find(user, "dns", "DOMAIN", domain) or {}
-    serial = zone.get("SERIAL", "")
-    serial = int(serial) + 1 if is_int(serial) else SERIAL_BASE
-    serial = 1 if serial > 4294967295 else serial
-    panel.update(user, "dns", "DOMAIN", domain, SERIAL=f"{serial:010d}", RECORDS=str(count))
+    panel.update(user, "dns", "DOMAIN", domain,
+                 SERIAL=next_serial(zone.get("SERIAL", ""), panel.serial_day),
+                 RECORDS=str(count))
+    panel.zone_changed(user, domain)
+
+
+def next_serial(current, day):
+    """Hestia's update_domain_serial: YYYYMMDDnn, today's 01 or the serial plus one.
+
+    Deliberately monotonic where Hestia is not: Hestia restarts at today's 01 whenever the
+    stored date is not today (so a serial from the future, or one that ran past nn=99 into
+    "tomorrow", goes backwards and secondaries stop transferring) and turns 99+1 into an
+    11-digit serial. Here the serial only ever grows: max(today01, current + 1)."""
+    first = int(day + "01")
+    if is_int(current) and int(current) >= first:
+        return str(int(current) + 1)
+    return str(first)
 
 
 def cmd_add_dns_record(panel, args):
