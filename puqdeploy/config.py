@@ -219,6 +219,12 @@ class ParentDomain:
     dns: str  # "push": add the label's A record to the parent zone; "external": write nothing
     mail_user: Optional[str] = None
     mail_node: Optional[str] = None
+    dns_user: Optional[str] = None  # owner of the parent zone on the DNS nodes (push)
+
+    @property
+    def zone_owner(self) -> Optional[str]:
+        """The Hestia user whose parent zone gets the label's record (default: mail_user)."""
+        return self.dns_user or self.mail_user
 
 
 @dataclass(frozen=True)
@@ -902,10 +908,16 @@ def _parent(raw_name: str, s: _Section, group: GroupConfig,
         name = validate.domain(raw_name)
     except UsageError as exc:
         raise ConfigError(s.file, s.prefix, _at(str(exc), s.line)) from None
-    s.only(("dns", "mail_user", "mail_node"))
+    s.only(("dns", "mail_user", "mail_node", "dns_user"))
     dns = s.string("dns", choices=("push", "external"))
     mail_user = s.string("mail_user", None)
     mail_node = s.string("mail_node", None)
+    dns_user = s.string("dns_user", None)
+    if dns_user is not None and not _is_existing_username(dns_user):
+        raise s.error("dns_user", f"not a HestiaCP user name: {_kind(dns_user)}")
+    if dns == "push" and (dns_user or mail_user) is None:
+        raise s.error("dns_user", "dns: push needs the user that owns the parent zone on the dns "
+                                  "nodes (dns_user, or mail_user when the same user owns both)")
     if (mail_user is None) != (mail_node is None):
         missing = "mail_node" if mail_node is None else "mail_user"
         raise s.error(missing, "mail_user and mail_node go together (the provider user that owns "
@@ -918,7 +930,8 @@ def _parent(raw_name: str, s: _Section, group: GroupConfig,
         if mail_node not in group.nodes or "mail" not in nodes[mail_node].roles:
             raise s.error("mail_node", f"{mail_node!r} must be a node with role mail in group "
                                        f"{group.name!r}")
-    return ParentDomain(name=name, dns=dns, mail_user=mail_user, mail_node=mail_node)
+    return ParentDomain(name=name, dns=dns, mail_user=mail_user, mail_node=mail_node,
+                        dns_user=dns_user)
 
 
 def _is_php_version(text: str) -> bool:

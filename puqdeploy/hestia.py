@@ -182,6 +182,14 @@ class Panel:
     def add_dkim(self, user: str, domain: str) -> str:
         return self.act("v-add-mail-domain-dkim", user, domain)
 
+    def list_mail_account(self, user: str, domain: str, account: str) -> Optional[dict]:
+        data = self.check("v-list-mail-account", user, domain, account)
+        return None if data is None else next(iter(data.values()), {})
+
+    def add_mail_account(self, user: str, domain: str, account: str, password: str,
+                         quota: str) -> str:
+        return self.act("v-add-mail-account", user, domain, account, secret_file(password), quota)
+
     def list_dns_domain(self, user: str, domain: str) -> Optional[dict]:
         data = self.check("v-list-dns-domain", user, domain)
         return None if data is None else next(iter(data.values()), {})

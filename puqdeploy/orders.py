@@ -46,15 +46,17 @@ def node_load(conn: sqlite3.Connection) -> dict[str, int]:
     return {row[0]: row[1] for row in conn.execute("SELECT node, services FROM node_load")}
 
 
-def _usernames(conn: sqlite3.Connection, mode: str, domain: str, requested: Optional[str]) -> dict:
-    roles = pipeline.usernames_for(mode)
+def _usernames(conn: sqlite3.Connection, roles: tuple[str, ...], domain: str,
+               requested: Optional[str]) -> dict:
+    if not roles:
+        return {}
     suffixes = [pipeline.ROLE_SUFFIX[r] for r in roles]
 
     def taken(name: str) -> bool:
         return conn.execute("SELECT 1 FROM usernames WHERE username = ?", (name,)).fetchone() is not None
 
     if requested:
-        names = {s: requested + s for s in suffixes}
+        names = {s: requested + s for s in suffixes}  # Unified's main user: exactly `requested`
         for name in names.values():
             validate.username(name)
             if taken(name):
@@ -79,6 +81,8 @@ def create_service(conn: sqlite3.Connection, config, box, *, service_id: str, pr
     if password is not None:
         validate.password(password)
     overrides = dict(overrides or {})
+    if product_cfg.mode == "vanity":
+        check_vanity_name(config, product_cfg, domain)
     params = params_of(product, domain, username, email, overrides)
     digest = params_hash(params)
     at = store.now() if at is None else at
@@ -96,9 +100,10 @@ def create_service(conn: sqlite3.Connection, config, box, *, service_id: str, pr
                              (domain,)).fetchone()
         if other is not None:
             raise ConflictError(f"domain {domain} is already served by service {other['id']}")
-        placement = pipeline.place(config, product_cfg, node_load(conn))
-        names = _usernames(conn, product_cfg.mode, domain, username)
         limits = {**product_cfg.limits, **overrides}
+        placement = pipeline.place(config, product_cfg, node_load(conn), domain, limits)
+        names = _usernames(conn, pipeline.usernames_for(product_cfg.mode, placement), domain,
+                           username)
         plan = pipeline.deploy_plan(product_cfg.mode, domain, placement,
                                     ssl=config.ssl.enabled and product_cfg.ssl)
         secret = box.encrypt(password or validate.generate_password())
@@ -117,6 +122,19 @@ def create_service(conn: sqlite3.Connection, config, box, *, service_id: str, pr
         insert_operation(conn, service_id, "deploy", plan, config.retry.max_attempts, at)
         store.add_event(conn, service_id, f"Order accepted: {len(plan)} steps queued", at=at)
     return OrderResult(service_id, "queued", len(plan), True)
+
+
+def check_vanity_name(config, product, domain: str) -> None:
+    """`label.parent`: the parent is offered by the product, the label is allowed and free.
+
+    "Free" here means no live service holds the name (the unique domain index enforces it in
+    the transaction); a record of that name already in the parent zone is found by the DNS
+    step, which then refuses to touch it.
+    """
+    label, _, _ = domain.partition(".")
+    pipeline.vanity_parent(product, domain)
+    group = config.groups[product.group]
+    validate.vanity_label(label, group.reserved_names)
 
 
 def insert_operation(conn: sqlite3.Connection, service_id: str, kind: str,

@@ -12,7 +12,7 @@ from typing import Callable, Mapping, Optional
 
 from puqdeploy.errors import UsageError
 
-ROLE_SUFFIX = {"web": "-web", "mail": "-mail", "dns": "-dns"}
+ROLE_SUFFIX = {"web": "-web", "mail": "-mail", "dns": "-dns", "all": ""}
 
 
 @dataclass(frozen=True)
@@ -55,24 +55,27 @@ def least_loaded(config, group_name: str, role: str, load: Mapping[str, int]) ->
     the group, so placement is deterministic.
     """
     group = config.groups[group_name]
+    needed = set(role.split("+"))  # "web+mail": one node with both roles (Unified)
     candidates = []
     for position, name in enumerate(group.nodes):
         node = config.nodes[name]
-        if role in node.roles and node.active:
+        if needed <= node.roles and node.active:
             used = load.get(name, 0)
             if used < node.capacity:
                 candidates.append((used / node.capacity, position, name))
     if not candidates:
         described = ", ".join(
             f"{n} {load.get(n, 0)}/{config.nodes[n].capacity}{'' if config.nodes[n].active else ' inactive'}"
-            for n in group.nodes if role in config.nodes[n].roles) or "none"
+            for n in group.nodes if needed <= config.nodes[n].roles) or "none"
         raise UsageError(f"no {role} node with free capacity in group {group_name} "
                          f"(nodes with that role: {described})")
     return min(candidates)[2]
 
 
-def place(config, product, load: Mapping[str, int]) -> Placement:
-    """Choose nodes for every role the product's mode needs."""
+def place(config, product, load: Mapping[str, int], domain: str = "",
+          limits: Optional[Mapping[str, object]] = None) -> Placement:
+    """Choose nodes for every role the product's mode needs (`limits`: the resolved limits)."""
+    limits = product.limits if limits is None else limits
     group = config.groups[product.group]
     dns_nodes = tuple(n for n in group.nodes
                       if "dns" in config.nodes[n].roles and config.nodes[n].active)
@@ -81,17 +84,48 @@ def place(config, product, load: Mapping[str, int]) -> Placement:
             raise UsageError(f"group {product.group} has no active dns node")
         return Placement(least_loaded(config, product.group, "web", load),
                          least_loaded(config, product.group, "mail", load), dns_nodes)
-    raise UsageError(f"product {product.name}: mode {product.mode} is not supported yet")
+    if product.mode == "unified":
+        node = least_loaded(config, product.group, "web+mail", load)
+        return Placement(node, node, tuple(n for n in dns_nodes if n != node))
+    if product.mode == "vanity":
+        parent = vanity_parent(product, domain)
+        web = least_loaded(config, product.group, "web", load) if has_site(limits) else None
+        mail = parent.mail_node if has_mailbox(limits, parent) else None
+        return Placement(web, mail, dns_nodes if parent.dns == "push" and web else ())
+    raise UsageError(f"product {product.name}: unknown mode {product.mode}")
 
 
-def usernames_for(mode: str) -> tuple[str, ...]:
-    """The Hestia users (by role) a service of this mode owns."""
-    if mode == "split":
-        return ("web", "mail", "dns")
-    raise UsageError(f"mode {mode} is not supported yet")
+def vanity_parent(product, domain: str):
+    """The product's parent domain that `domain` (label.parent) sits under."""
+    label, _, parent = domain.partition(".")
+    if parent not in product.parent_domains:
+        offered = ", ".join(sorted(product.parent_domains)) or "none"
+        raise UsageError(f"{domain}: product {product.name} offers names under {offered}, "
+                         f"not under {parent or domain}")
+    return product.parent_domains[parent]
 
 
-def split_plan(domain: str, placement: Placement, ssl: bool = True) -> list[TaskSpec]:
+def has_site(limits: Mapping[str, object]) -> bool:
+    """Vanity: a web quota of 0 means the service has no website."""
+    return limits.get("web_disk_quota") != 0
+
+
+def has_mailbox(limits: Mapping[str, object], parent) -> bool:
+    """Vanity: a mail quota of 0 (or a parent without a provider mail user) means no mailbox."""
+    return parent.mail_user is not None and limits.get("mail_disk_quota") != 0
+
+
+def usernames_for(mode: str, placement: Placement) -> tuple[str, ...]:
+    """The Hestia users (by role) a service of this mode owns on its nodes.
+
+    Vanity owns only its web user: the mailbox lives under the provider's user, which is never
+    the service's (and so never recorded as such, so nothing can ever delete it)."""
+    if mode == "vanity":
+        return ("web",) if placement.web else ()
+    return {"split": ("web", "mail", "dns"), "unified": ("all", "dns")}[mode]
+
+
+def split_plan(domain: str, placement: Placement, ssl: bool = True, **_: object) -> list[TaskSpec]:
     """Split: one Hestia user per role; the zone pushed to every DNS node (one task each)."""
     plan = [
         TaskSpec("web.user", "web.user", "Creating web user", placement.web),
@@ -101,19 +135,79 @@ def split_plan(domain: str, placement: Placement, ssl: bool = True) -> list[Task
         TaskSpec("mail.domain", "mail.domain", "Adding mail domain with DKIM", placement.mail,
                  deps=("mail.user",)),
     ]
-    zone_keys = []
-    for node in placement.dns:
-        key = f"dns.zone@{node}"
-        zone_keys.append(key)
-        plan.append(TaskSpec(key, "dns.zone", f"Deploying DNS zone to {node}", node,
-                             deps=("mail.domain",)))
+    zone_keys = _zone_tasks(plan, placement.dns, deps=("mail.domain",))
     if ssl:
         plan.append(TaskSpec("ssl.web", "ssl.web", "Issuing SSL certificate", placement.web,
                              deps=("web.domain", *zone_keys), blocking=False))
     return plan
 
 
-PLANNERS: dict[str, Callable[..., list[TaskSpec]]] = {"split": split_plan}
+def _zone_tasks(plan: list[TaskSpec], nodes, deps: tuple[str, ...], **args: object) -> list[str]:
+    keys = []
+    for node in nodes:
+        key = f"dns.zone@{node}"
+        keys.append(key)
+        plan.append(TaskSpec(key, "dns.zone", f"Deploying DNS zone to {node}", node, deps=deps,
+                             args=args))
+    return keys
+
+
+def unified_plan(domain: str, placement: Placement, ssl: bool = True, **_: object) -> list[TaskSpec]:
+    """Unified: one user on one node holds web, mail and the local zone.
+
+    The local zone is created before the mail domain, so HestiaCP adds the DKIM record to it
+    itself; the zone is then pushed to the group's other DNS nodes (after DKIM exists).
+    """
+    node = placement.web
+    plan = [
+        TaskSpec("web.user", "web.user", "Creating hosting user", node, args={"role": "all"}),
+        TaskSpec("web.domain", "web.domain", f"Adding website {domain}", node,
+                 deps=("web.user",), args={"role": "all"}),
+        TaskSpec("dns.local", "dns.zone", "Creating the DNS zone", node, deps=("web.user",),
+                 args={"role": "all", "with_user": False}),
+        TaskSpec("mail.domain", "mail.domain", "Adding mail domain with DKIM", node,
+                 deps=("dns.local",), args={"role": "all"}),
+    ]
+    zone_keys = _zone_tasks(plan, placement.dns, deps=("mail.domain",))
+    if ssl:
+        plan.append(TaskSpec("ssl.web", "ssl.web", "Issuing SSL certificate", node,
+                             deps=("web.domain", "dns.local", *zone_keys), blocking=False,
+                             args={"role": "all"}))
+    return plan
+
+
+def vanity_plan(domain: str, placement: Placement, ssl: bool = True, **_: object) -> list[TaskSpec]:
+    """Vanity `label.parent`: a web user for the name, one mailbox on the provider's mail user,
+    and (parent DNS mode push) one A record in the parent zone on every DNS node. Nothing else
+    of the parent is ever touched."""
+    label, _, parent = domain.partition(".")
+    plan: list[TaskSpec] = []
+    site_keys: tuple[str, ...] = ()
+    if placement.web:
+        plan += [
+            TaskSpec("web.user", "web.user", "Creating web user", placement.web),
+            TaskSpec("web.domain", "web.domain", f"Adding website {domain}", placement.web,
+                     deps=("web.user",)),
+        ]
+        site_keys = ("web.domain",)
+    if placement.mail:
+        plan.append(TaskSpec("mail.account", "mail.account", f"Creating mailbox {label}@{parent}",
+                             placement.mail))
+    record_keys = []
+    for node in placement.dns:
+        key = f"dns.record@{node}"
+        record_keys.append(key)
+        plan.append(TaskSpec(key, "dns.record", f"Publishing {domain} on {node}", node,
+                             deps=site_keys))
+    if ssl and placement.web:
+        plan.append(TaskSpec("ssl.web", "ssl.web", "Issuing SSL certificate", placement.web,
+                             deps=(*site_keys, *record_keys), blocking=False,
+                             args={"aliases": []}))
+    return plan
+
+
+PLANNERS: dict[str, Callable[..., list[TaskSpec]]] = {
+    "split": split_plan, "unified": unified_plan, "vanity": vanity_plan}
 
 
 def deploy_plan(mode: str, domain: str, placement: Placement, ssl: bool = True) -> list[TaskSpec]:
@@ -121,8 +215,12 @@ def deploy_plan(mode: str, domain: str, placement: Placement, ssl: bool = True) 
     try:
         planner = PLANNERS[mode]
     except KeyError:
-        raise UsageError(f"mode {mode} is not supported yet") from None
-    return planner(domain, placement, ssl)
+        raise UsageError(f"unknown mode {mode}") from None
+    plan = planner(domain, placement, ssl)
+    if not plan:
+        raise UsageError(f"{domain}: the product gives this service nothing to deploy "
+                         "(no website and no mailbox)")
+    return plan
 
 
 def check_plan(plan: list[TaskSpec]) -> None:

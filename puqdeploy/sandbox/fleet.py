@@ -8,6 +8,9 @@ paths relative to the config file so the folder can be moved. Nothing is install
 from __future__ import annotations
 
 import os
+import secrets
+import subprocess
+import tempfile
 from pathlib import Path
 
 from puqdeploy.sandbox.node import install_node, set_faults
@@ -17,7 +20,11 @@ SANDBOX_NODES = {
     "mail1": ("127.0.77.2", ["mail"]),
     "ns1": ("127.0.77.3", ["dns"]),
     "ns2": ("127.0.77.4", ["dns"]),
+    "host1": ("127.0.77.5", ["web", "mail"]),
 }
+# The provider's own objects a Vanity product builds on (they exist before any order).
+VANITY_PARENT = "vanity.test"
+PROVIDER_USER = "provider"
 
 CONFIG_TEMPLATE = """\
 # puqdeploy sandbox fleet, written by `puqdeploy sandbox`. Every node is a folder under nodes/
@@ -39,12 +46,29 @@ groups:
   sandbox:
     nodes: [web1, mail1, ns1, ns2]
     nameservers: [ns1.sandbox.test, ns2.sandbox.test]
+  sandbox-unified:
+    nodes: [host1, ns1, ns2]
+    nameservers: [ns1.sandbox.test, ns2.sandbox.test]
 products:
   sandbox-split:
     mode: split
     group: sandbox
     php: "8.3"
     limits: {{web_disk_quota: 2048, mail_accounts: 10}}
+  sandbox-unified:
+    mode: unified
+    group: sandbox-unified
+    php: "8.3"
+    limits: {{web_disk_quota: 2048, mail_disk_quota: 1024, mail_accounts: 10}}
+  sandbox-vanity:
+    mode: vanity
+    group: sandbox
+    limits: {{web_disk_quota: 512, mail_disk_quota: 256}}
+    parent_domains:
+      # the provider user owns this mail domain on mail1 and this zone on ns1/ns2
+      vanity.test: {{dns: push, mail_user: provider, mail_node: mail1}}
+      # DNS for this parent is handled elsewhere (a wildcard): nothing is written
+      external.test: {{dns: external}}
 """
 
 NODE_TEMPLATE = """\
@@ -74,4 +98,30 @@ def write_sandbox(directory: str, delay_seconds: float = 0.0) -> str:
         blocks.append(NODE_TEMPLATE.format(name=name, ip=ip, roles=", ".join(roles)))
     config_path = root / "config.yaml"
     config_path.write_text(CONFIG_TEMPLATE.format(nodes="".join(blocks).rstrip("\n")))
+    _provision_vanity_parent(root)
     return str(config_path)
+
+
+def _panel(root: Path, node: str, *args: str) -> None:
+    """Run one simulated HestiaCP command on a sandbox node; E_EXISTS is fine (re-runs)."""
+    program = root / "nodes" / node / "bin" / args[0]
+    proc = subprocess.run([str(program), *args[1:]], capture_output=True, text=True)
+    if proc.returncode not in (0, 4):
+        raise RuntimeError(f"{node}: {' '.join(args)} exited {proc.returncode}: {proc.stdout.strip()}")
+
+
+def _provision_vanity_parent(root: Path) -> None:
+    """The provider's user, mail domain (mail1) and zone (ns1, ns2) a Vanity parent needs."""
+    with tempfile.NamedTemporaryFile("w", dir="/tmp", prefix="puqdeploy-", delete=False) as handle:
+        handle.write(secrets.token_urlsafe(18) + "Aa1\n")
+        password_file = handle.name
+    try:
+        for node in ("mail1", "ns1", "ns2"):
+            _panel(root, node, "v-add-user", PROVIDER_USER, password_file,
+                   f"hostmaster@{VANITY_PARENT}", "default")
+        _panel(root, "mail1", "v-add-mail-domain", PROVIDER_USER, VANITY_PARENT)
+        for node in ("ns1", "ns2"):
+            _panel(root, node, "v-add-dns-domain", PROVIDER_USER, VANITY_PARENT,
+                   SANDBOX_NODES["web1"][0], "ns1.sandbox.test", "ns2.sandbox.test")
+    finally:
+        os.unlink(password_file)

@@ -24,6 +24,12 @@ are replaced atomically (temp file + ``os.replace``) but, like Hestia, nothing l
 state: callers must run one command at a time per node. Only the simulator's own bookkeeping
 (fault counters) takes a lock.
 
+Like the real panel, every change to a zone rewrites that zone's BIND file and the list of zones
+(Hestia: ``/home/USER/conf/dns/DOMAIN.db`` and ``zone`` lines in ``/etc/bind/named.conf``; here
+``NODE/bind/zones/DOMAIN.db`` and ``NODE/bind/zones.conf``), the SOA serial being YYYYMMDDnn, then
+runs v-restart-dns: the argv in ``NODE/bind/reload.json`` when a test started a real DNS server
+for the node (``tests/dnsfleet.py``), nothing otherwise. subprocess is imported only then.
+
 Instrumentation (not part of Hestia): every run appends one JSON line to ``NODE/commands.log``
 and detects overlapping runs on the same node via ``NODE/running/`` markers. ``NODE/faults.json``
 injects delays, failures, hangs and streamed output; see ``node.set_faults`` for the schema.
@@ -1607,6 +1613,239 @@ def cmd_delete_dns_record(panel, args):
     delete_dns_record(panel, user, domain, rid)
 
 
+# --------------------------------------------------------------------------- BIND zone files
+
+def ascii_name(name):
+    """A host name as it goes into a zone file: punycode for IDN labels (Hestia runs idn2 on
+    zone names, record names and CNAME/MX targets), anything else unchanged."""
+    if is_ascii(name):
+        return name
+    try:
+        return name.encode("idna").decode("ascii")
+    except UnicodeError:
+        return name
+
+
+def bind_quote(text):
+    """A string for a named.conf double-quoted literal."""
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def txt_strings(value):
+    """The character-strings BIND reads from TXT zone-file text, as bytes.
+
+    Stored values are zone-file text: usually one quoted string (``"v=spf1 ... -all"``,
+    DKIM's ``"v=DKIM1\\; k=rsa\\; p=..."``), sometimes a bare word (``it's``). Inside and
+    outside quotes, ``\\X`` is X and ``\\DDD`` a byte, as in BIND's master-file syntax, so the
+    served data is what BIND would read from Hestia's own file (``\\;`` is ``;``)."""
+    strings, i, size = [], 0, len(value)
+    while i < size:
+        if value[i] in WHITESPACE:
+            i += 1
+            continue
+        quoted = value[i] == '"'
+        i += quoted
+        out = bytearray()
+        while i < size:
+            char = value[i]
+            if quoted and char == '"':
+                i += 1
+                break
+            if not quoted and char in WHITESPACE:
+                break
+            if char == "\\" and i + 1 < size:
+                digits = value[i + 1:i + 4]
+                if len(digits) == 3 and all(c in DIGITS for c in digits):
+                    out.append(min(int(digits), 255))
+                    i += 4
+                    continue
+                i += 1
+                char = value[i]
+            out += char.encode("utf-8", "surrogateescape")
+            i += 1
+        strings.append(bytes(out))
+    return strings or [b""]
+
+
+def quote_txt(chunk):
+    """One character-string (<= 255 bytes) as a quoted zone-file string: `"` and `\\`
+    escaped, bytes outside printable ASCII as ``\\DDD``."""
+    out = []
+    for byte in chunk:
+        if byte in (34, 92):
+            out.append("\\" + chr(byte))
+        elif 32 <= byte < 127:
+            out.append(chr(byte))
+        else:
+            out.append(f"\\{byte:03d}")
+    return '"' + "".join(out) + '"'
+
+
+def txt_rdata(value):
+    """TXT/SPF data for BIND: every string quoted and, since one character-string holds at
+    most 255 bytes (a 2048-bit DKIM key is ~400), long ones split into 255-byte pieces.
+    Hestia does the split with `fold -w 255` on the text, which can cut a ``\\;`` in two;
+    splitting the bytes after unescaping cannot."""
+    chunks = []
+    for string in txt_strings(value):
+        chunks.extend(string[i:i + 255] for i in range(0, len(string), 255) or [0])
+    return " ".join(quote_txt(chunk) for chunk in chunks)
+
+
+def bind_rdata(rtype, priority, value):
+    """The data part of one record line, from Hestia's PRIORITY and VALUE fields."""
+    if rtype in ("TXT", "SPF"):
+        return txt_rdata(value)
+    if rtype == "MX":
+        return f"{priority or '10'} {ascii_name(value)}"
+    if rtype == "SRV":
+        return f"{priority or '10'} {value}"
+    if rtype in ("CNAME", "NS", "PTR"):
+        return ascii_name(value)
+    return value
+
+
+def zone_file_text(zone, records):
+    """The zone file Hestia's update_domain_zone writes (/home/USER/conf/dns/DOMAIN.db): the
+    SOA from dns.conf (SOA = NS1, SERIAL, Hestia's timers), then one line per record that is
+    not suspended, with the record's TTL or the zone's, ``%quote%`` back to ``'``."""
+    domain = ascii_name(zone["DOMAIN"])
+    ttl = zone.get("TTL") or ZONE_TTL
+    serial = zone.get("SERIAL", "")
+    serial = serial if is_int(serial) else "1"
+    soa = ascii_name(zone.get("SOA", "").strip("."))
+    refresh, retry, expire, negative = SOA_TIMERS
+    lines = [
+        f"; {domain}: written by the simulated HestiaCP after every change of the zone",
+        f"$ORIGIN {domain}.",
+        f"$TTL {ttl}",
+        f"@\t{ttl}\tIN\tSOA\t{soa}.\troot.{domain}. (",
+        f"\t\t\t\t{serial}\t; serial",
+        f"\t\t\t\t{refresh}\t; refresh",
+        f"\t\t\t\t{retry}\t; retry",
+        f"\t\t\t\t{expire}\t; expire",
+        f"\t\t\t\t{negative} )\t; negative-cache TTL",
+    ]
+    for rec in records:
+        if rec.get("SUSPENDED") == "yes":
+            continue
+        rtype = rec.get("TYPE", "").upper()
+        value = rec.get("VALUE", "").replace("%quote%", "'")
+        name = ascii_name(rec.get("RECORD") or "@")
+        rdata = bind_rdata(rtype, rec.get("PRIORITY", ""), value)
+        lines.append(f"{name}\t{rec.get('TTL') or ttl}\tIN\t{rtype}\t{rdata}")
+    return "\n".join(lines) + "\n"
+
+
+def bind_paths(node_dir):
+    """NODE/bind/: zones/DOMAIN.db (Hestia's /home/USER/conf/dns/), zones.conf (its lines in
+    /etc/bind/named.conf) and reload.json (how v-restart-dns reaches a real server)."""
+    bind = os.path.join(node_dir, "bind")
+    return (os.path.join(bind, "zones"), os.path.join(bind, "zones.conf"),
+            os.path.join(bind, "reload.json"))
+
+
+def zone_file_path(zones_dir, domain):
+    return os.path.join(zones_dir, ascii_name(domain) + ".db")
+
+
+def write_zone_file(panel, zones_dir, user, domain):
+    """Write (or, when the zone is gone, remove) one zone file."""
+    path = zone_file_path(zones_dir, domain)
+    zone = panel.find(user, "dns", "DOMAIN", domain)
+    if zone is None:
+        remove_file(path)
+    else:
+        write_atomic(path, zone_file_text(zone, panel.objects(user, "dns/" + domain)))
+
+
+def write_zone_list(panel, zones_dir, list_path):
+    """zones.conf: one master zone per zone that is not suspended (Hestia removes a suspended
+    zone's line from named.conf). A zone without its file (made before the node had these
+    files) gets it written here, so the server never loads a list naming a missing file."""
+    lines = ["// Zones of this simulated HestiaCP node, rewritten after every zone change.\n"]
+    for user in panel.all_users():
+        for zone in panel.objects(user, "dns"):
+            domain = zone.get("DOMAIN", "")
+            if not domain or zone.get("SUSPENDED") == "yes":
+                continue
+            path = zone_file_path(zones_dir, domain)
+            if not os.path.exists(path):
+                write_zone_file(panel, zones_dir, user, domain)
+            lines.append(f'zone "{bind_quote(ascii_name(domain))}" '
+                         f'{{type master; file "{bind_quote(path)}";}};\n')
+    write_atomic(list_path, "".join(lines))
+
+
+def write_bind_files(panel, everything=False):
+    """Rewrite the files of the zones this command changed (or of every zone) and the list."""
+    zones_dir, list_path, _ = bind_paths(panel.node_dir)
+    os.makedirs(zones_dir, exist_ok=True)
+    changed = dict(panel.changed_zones)
+    if everything:
+        for user in panel.all_users():
+            for zone in panel.objects(user, "dns"):
+                changed[zone["DOMAIN"]] = user
+        keep = {zone_file_path(zones_dir, domain) for domain in changed}
+        for name in os.listdir(zones_dir):  # files of zones that no longer exist
+            if name.endswith(".db") and os.path.join(zones_dir, name) not in keep:
+                remove_file(os.path.join(zones_dir, name))
+    for domain, user in sorted(changed.items()):
+        write_zone_file(panel, zones_dir, user, domain)
+    write_zone_list(panel, zones_dir, list_path)
+
+
+def rebuild_bind_files(node_dir):
+    """Every zone file and the zone list from the panel state (Hestia's v-rebuild-dns-domains,
+    without the reload): for a node whose state predates these files, or was copied."""
+    write_bind_files(Panel(os.path.abspath(node_dir), {}), everything=True)
+
+
+def restart_dns(panel):
+    """v-restart-dns. The node's DNS server is whatever NODE/bind/reload.json names: a JSON
+    list, the argv to run (``["rndc", "-c", CONF, "reload"]``), written by the test fixture
+    that started a real server for this node. Without it there is no server to tell and,
+    like a node without DNS_SYSTEM, nothing is restarted: the plain sandbox needs no bind9.
+    A failure is Hestia's: "Error: bind9 restart failed", exit E_RESTART, the change kept."""
+    _, _, reload_path = bind_paths(panel.node_dir)
+    text = read_text(reload_path).strip()
+    if not text:
+        return 0
+    import json
+    import subprocess
+
+    argv = []
+    try:
+        argv = json.loads(text)
+        if not (isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)):
+            raise ValueError(f"{reload_path} must hold a JSON list of strings")
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, timeout=RELOAD_TIMEOUT, text=True,
+                              errors="replace")
+        detail = f"exit {proc.returncode}: {proc.stdout.strip()}" if proc.returncode else ""
+    except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
+        detail = str(exc) or exc.__class__.__name__
+    if not detail:
+        return 0
+    sys.stderr.write(f"hestia_sim: DNS reload {' '.join(map(str, argv))} failed: {detail}\n")
+    say(f"Error: {panel.sys.get('DNS_SYSTEM') or 'bind9'} restart failed")
+    return E_RESTART
+
+
+def publish_zones(panel, program, args, code):
+    """After a command changed zones: their BIND files always follow the conf (Hestia writes
+    them right after the conf, before anything can fail), the server is reloaded only after
+    a success and unless the command's RESTART argument is "no". Nodes without DNS_SYSTEM
+    have no DNS server: no files, no reload."""
+    if not panel.sys.get("DNS_SYSTEM"):
+        return code
+    write_bind_files(panel)
+    index = RESTART_ARG.get(program)
+    if code != 0 or (index is not None and arg(args, index) == "no"):
+        return code
+    return restart_dns(panel)
+
+
 # --------------------------------------------------------------------------- mail
 
 def _der(tag, body):
@@ -2066,16 +2305,20 @@ def execute(node_dir, program, args, faults):
     if len(args) < min_args:
         say(f"Usage: {program} {usage}")
         return E_ARGS
+    panel = Panel(node_dir, faults)
+    code = 0
     try:
-        func(Panel(node_dir, faults), args)
+        func(panel, args)
     except Fail as failure:
         say(f"Error: {failure.message}")
-        return failure.code
+        code = failure.code
     except Exit as done:
         if done.text:
             say(done.text)
-        return done.code
-    return 0
+        code = done.code
+    if panel.changed_zones:
+        code = publish_zones(panel, program, args, code)
+    return code
 
 
 # --------------------------------------------------------------------------- faults

@@ -83,7 +83,7 @@ def lookup(action: str) -> Optional[StepFn]:
     """The step for an action; importing the step modules registers them on first use."""
     global _loaded
     if not _loaded:
-        from puqdeploy.steps import dns, mail, ssl, web  # noqa: F401  (registration side effect)
+        from puqdeploy.steps import dns, mail, ssl, vanity, web  # noqa: F401  (registers them)
         _loaded = True
     return REGISTRY.get(action)
 
