@@ -36,7 +36,6 @@ from puqdeploy.sandbox.node import (
 from puqdeploy.ssh_transport import fingerprint
 from tests.conftest import Sandbox
 from tests.sshfleet import generate_key
-from tests.test_split_sandbox import assert_split_panels
 
 NODES = ("web1", "mail1", "ns1", "ns2")
 PRODUCT = "sandbox-split"
@@ -71,8 +70,9 @@ def make_ssh_box(root: Path, fleet, per_node: Optional[dict] = None,
                  retry: Optional[dict] = None) -> Sandbox:
     """A sandbox (fresh simulated panels under ROOT/nodes/) whose nodes are reached over SSH.
 
-    Same groups, products and node settings as `puqdeploy sandbox`, but every node is
-    `transport: ssh` to its fleet sshd, with `hestia_bin` pointing at this test's own panel.
+    Same groups, products and node settings as `puqdeploy sandbox`, but the four Split nodes
+    are `transport: ssh` to their fleet sshd, with `hestia_bin` pointing at this test's own
+    panel (any further sandbox node keeps the local transport; the Split product uses none).
     """
     config_path = Path(write_sandbox(str(root)))
     box = Sandbox(root=config_path.parent, config_path=config_path)
@@ -81,7 +81,7 @@ def make_ssh_box(root: Path, fleet, per_node: Optional[dict] = None,
     for name, extra in (per_node or {}).items():
         blocks[name].update(extra)
     data = yaml.safe_load(config_path.read_text())
-    data["nodes"] = fleet.config_nodes(blocks)
+    data["nodes"].update(fleet.config_nodes(blocks))  # other sandbox nodes stay local
     data["ssl"] = {"enabled": False}
     data["retry"] = {**RETRY, **(retry or {})}
     config_path.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -143,6 +143,76 @@ def wait_until_due(conn: sqlite3.Connection, task_id: int, timeout: float = 30.0
     return run_after
 
 
+def _service_part(panel: dict, owned: bool) -> dict:
+    """The part of a snapshot that belongs to the example.com service (`owned`) or not."""
+    def mine(name: str) -> bool:
+        return name.startswith("examplecom-") == owned
+
+    part = {key: {k: v for k, v in panel[key].items() if mine(k)}
+            for key in ("users", "packages", "web", "mail", "dns", "certificates")}
+    if not owned:
+        part["suspended_users_counter"] = panel["suspended_users_counter"]
+    return part
+
+
+def _plain(value: str) -> str:
+    value = value.strip()
+    return value[1:-1] if len(value) >= 2 and value[0] == value[-1] == '"' else value
+
+
+def expected_zone(dkim: str) -> list[tuple[str, str, str, str]]:
+    """What the Split zone of example.com must hold on every DNS node, each record once."""
+    return sorted([
+        ("@", "NS", "ns1.sandbox.test.", ""), ("@", "NS", "ns2.sandbox.test.", ""),
+        ("@", "A", "127.0.77.1", ""),
+        ("www", "CNAME", "example.com.", ""), ("ftp", "CNAME", "example.com.", ""),
+        ("mail", "A", "127.0.77.2", ""), ("webmail", "CNAME", "mail.example.com.", ""),
+        ("@", "MX", "mail.example.com.", "10"),
+        ("@", "TXT", "v=spf1 a mx ip4:127.0.77.2 -all", ""),
+        ("_dmarc", "TXT", "v=DMARC1; p=quarantine; pct=100", ""),
+        ("mail._domainkey", "TXT", dkim, ""),
+        ("@", "CAA", '0 issue "letsencrypt.org"', ""),
+    ])
+
+
+def snapshot(box: Sandbox) -> dict:
+    return {name: read_panel(box.node(name)) for name in NODES}
+
+
+def assert_split_panels(box: Sandbox, baseline: dict) -> dict:
+    """Each node holds exactly the example.com Split objects, and nothing else changed there."""
+    panels = snapshot(box)
+    for name in NODES:
+        assert _service_part(panels[name], owned=False) == \
+            _service_part(baseline[name], owned=False), name
+    web, mail = (_service_part(panels[n], owned=True) for n in ("web1", "mail1"))
+    assert web["users"] == {"examplecom-web": {"package": "examplecom-web",
+                                               "email": "webmaster@example.com",
+                                               "suspended": False}}
+    assert web["web"] == {"examplecom-web": {"example.com": {
+        "aliases": ["www.example.com"], "backend": "PHP-8_3", "ssl": False, "suspended": False}}}
+    assert web["mail"] == {} and web["dns"] == {}
+    assert web["packages"]["examplecom-web"]["DISK_QUOTA"] == "2048"
+    assert list(mail["users"]) == ["examplecom-mail"]
+    assert mail["mail"] == {"examplecom-mail": {"example.com": {"dkim": True, "accounts": {}}}}
+    assert mail["web"] == {} and mail["dns"] == {}
+    out = subprocess.run([str(box.node("mail1") / "bin" / "v-list-mail-domain-dkim-dns"),
+                          "examplecom-mail", "example.com", "json"],
+                         capture_output=True, text=True, check=True).stdout
+    dkim = json.loads(out)["mail._domainkey"]["TXT"].strip("'\"")
+    assert dkim.startswith("v=DKIM1")
+    for ns in ("ns1", "ns2"):
+        dns = _service_part(panels[ns], owned=True)
+        assert list(dns["users"]) == ["examplecom-dns"]
+        assert dns["web"] == {} and dns["mail"] == {}
+        assert list(dns["dns"]["examplecom-dns"]) == ["example.com"]
+        zone = dns["dns"]["examplecom-dns"]["example.com"]
+        records = sorted((r["record"], r["type"], _plain(r["value"]), str(r["priority"] or ""))
+                         for r in zone)
+        assert records == expected_zone(dkim), ns
+    return panels
+
+
 def _normalise_dkim(panel: dict) -> dict:
     """The DKIM key is generated per mail domain, so it legitimately differs between fleets."""
     panel = copy.deepcopy(panel)
@@ -152,6 +222,10 @@ def _normalise_dkim(panel: dict) -> dict:
                 if record["record"] == "mail._domainkey" and "DKIM1" in record["value"]:
                     record["value"] = "<dkim>"
     return panel
+
+
+def _normalise_dkim_all(panels: dict) -> dict:
+    return {name: _normalise_dkim(panel) for name, panel in panels.items()}
 
 
 def _normalise_command(entry: dict) -> tuple:
@@ -167,6 +241,8 @@ def _normalise_command(entry: dict) -> tuple:
 def test_split_over_ssh_ends_active_and_equals_the_local_sandbox(ssh_box, sandbox):
     box = ssh_box()
     sandbox.edit_config(ssl={"enabled": False})
+    baseline = {"ssh": snapshot(box), "local": snapshot(sandbox)}
+    assert _normalise_dkim_all(baseline["ssh"]) == _normalise_dkim_all(baseline["local"])
     for target in (box, sandbox):
         create(target)
         proc = target.cli("run", check=True)
@@ -177,8 +253,8 @@ def test_split_over_ssh_ends_active_and_equals_the_local_sandbox(ssh_box, sandbo
     assert all(t["state"] == "done" and t["attempts"] == 1 for t in remote["tasks"])
     assert status(sandbox)["state"] == "active"
 
-    ssh_panels = assert_split_panels(box)
-    local_panels = assert_split_panels(sandbox)
+    ssh_panels = assert_split_panels(box, baseline["ssh"])
+    local_panels = assert_split_panels(sandbox, baseline["local"])
     for name in NODES:
         assert _normalise_dkim(ssh_panels[name]) == _normalise_dkim(local_panels[name]), name
         # and the very same commands, with the very same arguments, reached each panel
@@ -232,6 +308,7 @@ def test_sshd_stopped_mid_deploy_backs_off_then_converges_without_duplicates(ssh
     box = ssh_box()
     ns2 = fleet["ns2"]
     set_faults(box.node("ns2"), delay_seconds=0.3)  # ns2 is slow: we stop it mid-zone
+    baseline = snapshot(box)
     create(box)
     conn = box.db()
     runner = box.popen("run")
@@ -273,7 +350,7 @@ def test_sshd_stopped_mid_deploy_backs_off_then_converges_without_duplicates(ssh
     final = status(box)
     assert final["state"] == "active", final
     assert [a["outcome"] for a in attempts_of(conn, task["id"])] == ["retry", "done"]
-    panels = assert_split_panels(box)  # exactly the expected records: nothing doubled
+    panels = assert_split_panels(box, baseline)  # exactly the expected records: nothing doubled
     full = panels["ns2"]["dns"]["examplecom-dns"]["example.com"]
     assert len(partial) < len(full), (len(partial), len(full))
     assert panels["ns2"]["dns"] == panels["ns1"]["dns"]
