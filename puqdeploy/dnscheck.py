@@ -220,18 +220,14 @@ def _served(rdtype: str, value: str, answers: Sequence[str]) -> bool:
 
     def parse(text: str):
         try:
-            return dns.rdata.from_text(dns.rdataclass.IN, rdtype, text, origin=dns.name.root)
+            return dns.rdata.from_text(dns.rdataclass.IN, rdtype, text, origin=dns.name.root,
+                                       relativize=False)
         except (dns.exception.DNSException, ValueError):
             return None
 
     served = [rdata for rdata in (parse(text) for text in answers) if rdata is not None]
     if rdtype in ("TXT", "SPF"):
-        text = value.strip()
-        if text.startswith('"'):
-            parsed = parse(text)
-            want = b"".join(parsed.strings) if parsed is not None else None
-        else:
-            want = text.replace("\\;", ";").encode()
+        want = _txt_bytes(value)
         return want is not None and any(b"".join(r.strings) == want for r in served)
     fields = value.split()
     try:
@@ -248,3 +244,27 @@ def _served(rdtype: str, value: str, answers: Sequence[str]) -> bool:
     if want_rdata is None:
         return value.strip().rstrip(".").lower() in {a.rstrip(".").lower() for a in answers}
     return want_rdata in served
+
+
+def _txt_bytes(value: str) -> Optional[bytes]:
+    """The TXT data `value` stands for, strings joined: zone-file text when it starts with a
+    double quote (one string may be longer than 255 bytes here: it is what the zone holds
+    before the split), else the literal text (Hestia's ``\\;`` read as ``;``)."""
+    import dns.exception
+    import dns.tokenizer
+
+    text = value.strip()
+    if not text.startswith('"'):
+        return text.replace("\\;", ";").encode()
+    try:
+        tokenizer = dns.tokenizer.Tokenizer(text)
+        parts = []
+        while True:
+            token = tokenizer.get()
+            if token.is_eol_or_eof():
+                return b"".join(parts)
+            if not (token.is_quoted_string() or token.is_identifier()):
+                return None
+            parts.append(token.unescape_to_bytes().value)
+    except (dns.exception.DNSException, UnicodeError):
+        return None

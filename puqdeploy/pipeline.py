@@ -137,8 +137,12 @@ def split_plan(domain: str, placement: Placement, ssl: bool = True, **_: object)
     ]
     zone_keys = _zone_tasks(plan, placement.dns, deps=("mail.domain",))
     if ssl:
-        plan.append(TaskSpec("ssl.web", "ssl.web", "Issuing SSL certificate", placement.web,
-                             deps=("web.domain", *zone_keys), blocking=False))
+        plan += [
+            TaskSpec("ssl.web", "ssl.web", "Issuing SSL certificate", placement.web,
+                     deps=("web.domain", *zone_keys), blocking=False),
+            TaskSpec("ssl.mail", "ssl.mail", "Issuing mail SSL certificate", placement.mail,
+                     deps=("mail.domain", *zone_keys), blocking=False),
+        ]
     return plan
 
 
@@ -170,9 +174,13 @@ def unified_plan(domain: str, placement: Placement, ssl: bool = True, **_: objec
     ]
     zone_keys = _zone_tasks(plan, placement.dns, deps=("mail.domain",))
     if ssl:
-        plan.append(TaskSpec("ssl.web", "ssl.web", "Issuing SSL certificate", node,
-                             deps=("web.domain", "dns.local", *zone_keys), blocking=False,
-                             args={"role": "all"}))
+        plan += [
+            TaskSpec("ssl.web", "ssl.web", "Issuing SSL certificate", node,
+                     deps=("web.domain", "dns.local", *zone_keys), blocking=False,
+                     args={"role": "all"}),
+            TaskSpec("ssl.mail", "ssl.mail", "Issuing mail SSL certificate", node,
+                     deps=("mail.domain", *zone_keys), blocking=False, args={"role": "all"}),
+        ]
     return plan
 
 

@@ -21,10 +21,10 @@ def test_create_returns_json_and_is_idempotent(sandbox):
     payload = json.loads(first.stdout)
     assert payload == {"service_id": "1234", "state": "queued", "tasks": payload["tasks"],
                        "created": True}
-    assert payload["tasks"] == 7  # 2 web, 2 mail, 1 zone per DNS node (2), Auto-SSL
+    assert payload["tasks"] == 8  # 2 web, 2 mail, 1 zone per DNS node (2), Auto-SSL web + mail
     again = sandbox.cli(*args, check=True)
     assert json.loads(again.stdout) == {**payload, "created": False}
-    assert _counts(sandbox)[:2] == (1, 7)
+    assert _counts(sandbox)[:2] == (1, 8)
 
 
 def test_same_id_with_different_parameters_is_a_conflict(sandbox):
@@ -85,7 +85,7 @@ def test_accepted_order_is_on_disk_when_create_returns(sandbox):
     assert svc[0] == "xn--mnchen-3ya.de" and svc[1] == "queued"
     assert b"S3cret-Passw0rd" not in svc[2]
     tasks = conn.execute("SELECT count(*) FROM tasks WHERE service_id = '42'").fetchone()[0]
-    assert tasks == 7
+    assert tasks == 8
     assert b"S3cret-Passw0rd" not in sandbox.db_path.read_bytes()
 
 

@@ -1,9 +1,14 @@
-"""Auto-SSL: wait until the domain points at the node, then ask Let's Encrypt.
+"""Auto-SSL, one non-blocking task per role: wait until the names point at the node, then ask
+Let's Encrypt through HestiaCP.
+
+- web role: the domain and its aliases (www.) must resolve to the web node's `ip`;
+- mail role: mail.DOMAIN must resolve to the mail node's `ip`; HestiaCP's MAIL=yes certificate
+  covers mail.DOMAIN and webmail.DOMAIN.
 
 Non-blocking: the site is live (service `active`) while its certificate waits for DNS. While the
 names do not resolve to the node the step returns Wait — re-checked every `ssl.recheck_seconds`,
-no attempt used — until `ssl.give_up_after_hours`. A Let's Encrypt failure (exit 15: validation
-or rate limit) is a Retry with back-off.
+no attempt used — until `ssl.give_up_after_hours`, then it fails without blocking. A Let's
+Encrypt failure (exit 15: validation, rate limit) is a Retry with back-off.
 """
 
 from __future__ import annotations
@@ -18,30 +23,60 @@ def _wait(ctx: StepContext, reason: str) -> Wait:
     return Wait(reason, ssl.recheck_seconds, ssl.give_up_after_hours * 3600)
 
 
-@step("ssl.web")
-def ssl_web(ctx: StepContext) -> Outcome:
-    if not ctx.config.ssl.enabled or not ctx.product.ssl:
-        return Done("disabled", f"Auto-SSL is disabled for {ctx.service.domain}")
+def _unresolved(ctx: StepContext, names: list[str]) -> str | None:
+    """Why the names do not point at this node yet (None when they all do)."""
     from puqdeploy.dnscheck import points_at, resolve_a
 
-    role = ctx.args.get("role", "web")
-    user = ctx.service.usernames[role]
-    domain = ctx.service.domain
-    current = ctx.panel.list_web_domain(user, domain) or {}
-    if current.get("LETSENCRYPT") == "yes":
-        return Done("already present", f"SSL certificate for {domain} already installed")
-    names = [domain] + list(ctx.args.get("aliases", [f"www.{domain}"]))
     dns = ctx.config.dns
     for name in names:
         resolution = resolve_a(name, dns.resolvers, dns.port, dns.timeout_seconds)
         ctx.log("check", f"{name} -> {', '.join(resolution.addresses) or resolution.error}")
         if not points_at(resolution, ctx.node.ip):
             seen = ", ".join(resolution.addresses) or resolution.error
-            return _wait(ctx, f"{name} does not point at {ctx.node.ip} yet ({seen})")
+            return f"{name} does not point at {ctx.node.ip} yet ({seen})"
+    return None
+
+
+def _issue(ctx: StepContext, user: str, domain: str, aliases: list[str], mail: bool):
     try:
-        ctx.panel.add_letsencrypt(user, domain, names[1:], mail=False)
+        ctx.panel.add_letsencrypt(user, domain, aliases, mail=mail)
     except HestiaError as exc:
         if exc.code == E_NOTEXIST and "dns" in exc.output.lower():
             return _wait(ctx, f"the panel cannot resolve {domain} yet")
         raise
-    return Done("created", f"SSL certificate issued for {domain}")
+    return None
+
+
+def _enabled(ctx: StepContext) -> bool:
+    return ctx.config.ssl.enabled and ctx.product.ssl
+
+
+@step("ssl.web")
+def ssl_web(ctx: StepContext) -> Outcome:
+    domain = ctx.service.domain
+    if not _enabled(ctx):
+        return Done("disabled", f"Auto-SSL is disabled for {domain}")
+    user = ctx.service.usernames[ctx.args.get("role", "web")]
+    if (ctx.panel.list_web_domain(user, domain) or {}).get("LETSENCRYPT") == "yes":
+        return Done("already present", f"SSL certificate for {domain} already installed")
+    aliases = list(ctx.args.get("aliases", [f"www.{domain}"]))
+    reason = _unresolved(ctx, [domain, *aliases])
+    if reason:
+        return _wait(ctx, reason)
+    return _issue(ctx, user, domain, aliases, mail=False) or Done(
+        "created", f"SSL certificate issued for {domain}")
+
+
+@step("ssl.mail")
+def ssl_mail(ctx: StepContext) -> Outcome:
+    domain = ctx.service.domain
+    if not _enabled(ctx):
+        return Done("disabled", f"Auto-SSL is disabled for mail.{domain}")
+    user = ctx.service.usernames[ctx.args.get("role", "mail")]
+    if (ctx.panel.list_mail_domain(user, domain) or {}).get("LETSENCRYPT") == "yes":
+        return Done("already present", f"SSL certificate for mail.{domain} already installed")
+    reason = _unresolved(ctx, [f"mail.{domain}"])
+    if reason:
+        return _wait(ctx, reason)
+    return _issue(ctx, user, domain, [], mail=True) or Done(
+        "created", f"SSL certificate issued for mail.{domain}")
