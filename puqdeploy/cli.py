@@ -303,6 +303,82 @@ def redeploy(ctx, service_id, yes) -> None:
     click.echo(f"service {service_id}: redeploy queued")
 
 
+def _queue_operation(ctx: click.Context, service_id: str, kind: str, as_json: bool,
+                     **options) -> None:
+    """Queue a lifecycle operation and report it (text or the --json document)."""
+    from puqdeploy import orders
+    from puqdeploy.secretbox import SecretBox
+
+    config = _config(ctx)
+    result = orders.request_operation(_store(ctx), config, SecretBox.from_file(config.key_file),
+                                      service_id, kind, **options)
+    if as_json:
+        _emit_json({"service_id": result.service_id, "operation": result.operation,
+                    "operation_id": result.operation_id, "tasks": result.tasks,
+                    "created": result.created, "queued_behind": result.queued_behind})
+        return
+    verb = kind.replace("-", " ")
+    if not result.created:
+        click.echo(f"service {service_id}: {verb} already queued ({result.tasks} tasks)")
+    else:
+        behind = " behind the current operation" if result.queued_behind else ""
+        click.echo(f"service {service_id}: {verb} queued{behind}: {result.tasks} tasks")
+
+
+_json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+
+
+@main.command()
+@click.argument("service_id")
+@_json_option
+@click.pass_context
+def suspend(ctx, service_id, as_json) -> None:
+    """Suspend the service's Hestia users on every node (nothing is deleted)."""
+    _queue_operation(ctx, service_id, "suspend", as_json)
+
+
+@main.command()
+@click.argument("service_id")
+@_json_option
+@click.pass_context
+def unsuspend(ctx, service_id, as_json) -> None:
+    """Unsuspend the service's Hestia users on every node."""
+    _queue_operation(ctx, service_id, "unsuspend", as_json)
+
+
+@main.command()
+@click.argument("service_id")
+@click.option("--force", is_flag=True,
+              help="A node that cannot be reached is abandoned (recorded) instead of retried.")
+@_json_option
+@click.pass_context
+def terminate(ctx, service_id, force, as_json) -> None:
+    """Remove the service from every node, then mark it terminated (cancels what is open)."""
+    _queue_operation(ctx, service_id, "terminate", as_json, force=force)
+
+
+@main.command("change-package")
+@click.argument("service_id")
+@click.option("--product", required=True, help="The new product (same mode).")
+@_json_option
+@click.pass_context
+def change_package(ctx, service_id, product, as_json) -> None:
+    """Apply another product's limits to the service's Hestia packages."""
+    _queue_operation(ctx, service_id, "change-package", as_json, product=product)
+
+
+@main.command("change-password")
+@click.argument("service_id")
+@click.option("--password-stdin", is_flag=True, required=True,
+              help="Read the new password from the first line of stdin.")
+@_json_option
+@click.pass_context
+def change_password(ctx, service_id, password_stdin, as_json) -> None:
+    """Set a new password on the service's Hestia users (and a Vanity mailbox)."""
+    _queue_operation(ctx, service_id, "change-password", as_json,
+                     password=_read_password(password_stdin, None))
+
+
 @main.command()
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--delay", type=float, default=0.0, help="Seconds each simulated command takes.")
@@ -388,9 +464,7 @@ def nodes_trust(ctx, node, yes) -> None:
     key = nodes_mod.fetch_host_key(target)
     click.echo(f"node {target.name} ({target.host} port {target.port}) presents host key "
                f"{key.key_type} {key.fingerprint}")
-    others = nodes_mod.conflicting_keys(target, key)
-    if others:  # trust() refuses; say so before asking anything
-        nodes_mod.trust(target, key)
+    nodes_mod.refuse_if_conflicting(target, key)  # before asking anything
     if not yes and not click.confirm(f"Trust this key for node {target.name}?"):
         raise UsageError("host key not trusted: nothing written")
     if nodes_mod.trust(target, key):

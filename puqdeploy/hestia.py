@@ -150,6 +150,27 @@ class Panel:
     def add_user(self, user: str, password: str, email: str, package: str) -> str:
         return self.act("v-add-user", user, secret_file(password), email, package)
 
+    def list_users(self) -> dict:
+        return self.check("v-list-users") or {}
+
+    def suspend_user(self, user: str) -> str:
+        return self.act("v-suspend-user", user)
+
+    def unsuspend_user(self, user: str) -> str:
+        return self.act("v-unsuspend-user", user)
+
+    def delete_user(self, user: str) -> str:
+        return self.act("v-delete-user", user)
+
+    def delete_package(self, package: str) -> str:
+        return self.act("v-delete-user-package", package)
+
+    def change_user_package(self, user: str, package: str) -> str:
+        return self.act("v-change-user-package", user, package)
+
+    def change_user_password(self, user: str, password: str) -> str:
+        return self.act("v-change-user-password", user, secret_file(password))
+
     def list_web_domain(self, user: str, domain: str) -> Optional[dict]:
         data = self.check("v-list-web-domain", user, domain)
         return None if data is None else next(iter(data.values()), {})
@@ -189,6 +210,25 @@ class Panel:
     def add_mail_account(self, user: str, domain: str, account: str, password: str,
                          quota: str) -> str:
         return self.act("v-add-mail-account", user, domain, account, secret_file(password), quota)
+
+    def suspend_mail_account(self, user: str, domain: str, account: str) -> str:
+        return self.act("v-suspend-mail-account", user, domain, account)
+
+    def unsuspend_mail_account(self, user: str, domain: str, account: str) -> str:
+        return self.act("v-unsuspend-mail-account", user, domain, account)
+
+    def delete_mail_account(self, user: str, domain: str, account: str) -> str:
+        return self.act("v-delete-mail-account", user, domain, account)
+
+    def change_mail_quota(self, user: str, domain: str, account: str, quota: str) -> str:
+        return self.act("v-change-mail-account-quota", user, domain, account, quota)
+
+    def change_mail_password(self, user: str, domain: str, account: str, password: str) -> str:
+        return self.act("v-change-mail-account-password", user, domain, account,
+                        secret_file(password))
+
+    def delete_dns_record(self, user: str, domain: str, record_id: str) -> str:
+        return self.act("v-delete-dns-record", user, domain, record_id)
 
     def list_dns_domain(self, user: str, domain: str) -> Optional[dict]:
         data = self.check("v-list-dns-domain", user, domain)

@@ -190,16 +190,17 @@ def fetch_host_key(node: Any) -> HostKey:
 def conflicting_keys(node: Any, key: HostKey) -> list[str]:
     """Fingerprints of OTHER keys the node's known_hosts already lists for it."""
     from puqdeploy import ssh_transport
+    from puqdeploy.remote import PermanentTransportError
 
-    return [fp for fp in ssh_transport.known_host_fingerprints(node.known_hosts, node)
-            if fp != key.fingerprint]
+    try:
+        filed = ssh_transport.known_host_fingerprints(node.known_hosts, node)
+    except PermanentTransportError as exc:  # unreadable or corrupt known_hosts
+        raise OperationalError(str(exc)) from None
+    return [fp for fp in filed if fp != key.fingerprint]
 
 
-def trust(node: Any, key: HostKey) -> bool:
-    """Append the key to the node's known_hosts; False when it was there already.
-
-    Refuses (exit 2) when the file holds a different key for the node: see the module notes.
-    """
+def refuse_if_conflicting(node: Any, key: HostKey) -> None:
+    """UsageError (exit 2) when known_hosts holds a different key for the node (module notes)."""
     from puqdeploy import ssh_transport
 
     others = conflicting_keys(node, key)
@@ -209,6 +210,13 @@ def trust(node: Any, key: HostKey) -> bool:
             f"({', '.join(others)}); if the node was reinstalled, remove that entry first "
             f"(ssh-keygen -R '{ssh_transport.known_hosts_name(node.host, node.port)}' "
             f"-f {node.known_hosts}), then trust again")
+
+
+def trust(node: Any, key: HostKey) -> bool:
+    """Append the key to the node's known_hosts; False when it was there already."""
+    from puqdeploy import ssh_transport
+
+    refuse_if_conflicting(node, key)
     try:
         return ssh_transport.append_known_host(node.known_hosts, node, key.key_type, key.base64)
     except ValueError as exc:

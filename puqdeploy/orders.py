@@ -19,7 +19,7 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
-from puqdeploy import pipeline, store, validate
+from puqdeploy import pipeline, queue, store, validate
 from puqdeploy.errors import ConflictError, NotFoundError, UsageError
 
 
@@ -138,24 +138,33 @@ def check_vanity_name(config, product, domain: str) -> None:
 
 
 def insert_operation(conn: sqlite3.Connection, service_id: str, kind: str,
-                     plan: list[pipeline.TaskSpec], max_attempts: int, at: float) -> int:
-    """Write an operation and its task DAG; makes it the service's current operation."""
+                     plan: list[pipeline.TaskSpec], max_attempts: int, at: float, *,
+                     gated: bool = False, args: Optional[dict] = None) -> int:
+    """Write an operation and its task DAG.
+
+    Not gated: it becomes the service's current operation at once. Gated (another operation
+    of the service is still open): it is `queued`, and each of its tasks carries one extra
+    dependency that `queue.start_next_operation` releases when the earlier one ends.
+    """
     pipeline.check_plan(plan)
-    op_id = conn.execute("INSERT INTO operations (service_id, kind, state, created_at) "
-                         "VALUES (?, ?, 'running', ?)", (service_id, kind, at)).lastrowid
+    op_id = conn.execute("INSERT INTO operations (service_id, kind, state, created_at, args) "
+                         "VALUES (?, ?, 'queued', ?, ?)",
+                         (service_id, kind, at, json.dumps(args or {}))).lastrowid
+    gate = 1 if gated else 0
     ids: dict[str, int] = {}
     for seq, spec in enumerate(plan):
+        deps_left = len(spec.deps) + gate
         ids[spec.key] = conn.execute(
             "INSERT INTO tasks (service_id, operation_id, seq, action, label, node, args, blocking, "
             "state, deps_left, max_attempts, run_after, created_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (service_id, op_id, seq, spec.action, spec.label, spec.node,
              json.dumps(dict(spec.args)), int(spec.blocking),
-             "pending" if spec.deps else "queued", len(spec.deps), max_attempts, at, at)).lastrowid
+             "pending" if deps_left else "queued", deps_left, max_attempts, at, at)).lastrowid
         conn.executemany("INSERT INTO task_deps (task_id, depends_on) VALUES (?, ?)",
                          [(ids[spec.key], ids[dep]) for dep in spec.deps])
-    conn.execute("UPDATE services SET operation_id = ?, updated_at = ? WHERE id = ?",
-                 (op_id, at, service_id))
+    if not gated:
+        queue.begin_operation(conn, service_id, op_id, kind, at)
     return op_id
 
 
@@ -174,14 +183,10 @@ def redeploy(conn: sqlite3.Connection, config, service_id: str, at: float | None
         if row["state"] == "terminated":
             raise UsageError(f"service {service_id} is terminated; it cannot be redeployed")
         supersede_open_tasks(conn, service_id, at)
-        placement_d = json.loads(row["placement"])
-        placement = pipeline.Placement(placement_d["web"], placement_d["mail"], tuple(placement_d["dns"]))
         product_cfg = config.product(row["product"])
-        plan = pipeline.deploy_plan(row["mode"], row["domain"], placement,
+        plan = pipeline.deploy_plan(row["mode"], row["domain"], stored_placement(row),
                                     ssl=config.ssl.enabled and product_cfg.ssl)
         op_id = insert_operation(conn, service_id, "redeploy", plan, config.retry.max_attempts, at)
-        conn.execute("UPDATE services SET state = 'queued', error = NULL, updated_at = ? WHERE id = ?",
-                     (at, service_id))
         store.add_event(conn, service_id, f"Redeploy requested: {len(plan)} steps queued", at=at)
     return op_id
 
@@ -195,4 +200,83 @@ def supersede_open_tasks(conn: sqlite3.Connection, service_id: str, at: float) -
     conn.execute("UPDATE tasks SET cancel_requested = 1 WHERE service_id = ? AND state = 'running'",
                  (service_id,))
     conn.execute("UPDATE operations SET state = 'cancelled', finished_at = ? "
-                 "WHERE service_id = ? AND state = 'running'", (at, service_id))
+                 "WHERE service_id = ? AND state IN ('queued', 'running')", (at, service_id))
+
+
+def stored_placement(row) -> pipeline.Placement:
+    data = json.loads(row["placement"])
+    return pipeline.Placement(data["web"], data["mail"], tuple(data["dns"]))
+
+
+@dataclass(frozen=True)
+class OperationResult:
+    service_id: str
+    operation: str
+    operation_id: int
+    tasks: int
+    created: bool
+    queued_behind: bool
+
+
+def request_operation(conn: sqlite3.Connection, config, box, service_id: str, kind: str, *,
+                      product: Optional[str] = None, password: Optional[str] = None,
+                      force: bool = False, at: float | None = None) -> OperationResult:
+    """Queue a lifecycle operation (suspend, unsuspend, terminate, change-package,
+    change-password) and return at once.
+
+    Serialization, per service: a terminate cancels whatever is open (running steps finish
+    first: the claim query holds the terminate's steps back while an older operation of the
+    service still runs one) — it never waits behind a deploy that may be failing for hours. Every
+    other operation queues behind the open one and starts when it ends (done or error).
+    The same operation requested again while it is still open is not queued twice.
+    A terminated service accepts no further operation (nothing can resurrect it).
+    """
+    at = store.now() if at is None else at
+    if password is not None:
+        validate.password(password)
+    with store.write(conn):
+        row = conn.execute("SELECT * FROM services WHERE id = ?", (service_id,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"service {service_id} not found")
+        if row["state"] == "terminated":
+            raise UsageError(f"service {service_id} is terminated")
+        args: dict = {"force": force} if kind == "terminate" else {}
+        if kind == "change-package":
+            args = _package_args(config, row, product)
+        open_ops = conn.execute("SELECT id, kind, args FROM operations WHERE service_id = ? "
+                                "AND state IN ('queued', 'running') ORDER BY id",
+                                (service_id,)).fetchall()
+        for op in open_ops:
+            if kind != "change-password" and op["kind"] == kind and json.loads(op["args"]) == args:
+                count = conn.execute("SELECT count(*) FROM tasks WHERE operation_id = ?",
+                                     (op["id"],)).fetchone()[0]
+                return OperationResult(service_id, kind, op["id"], count, False, op != open_ops[0])
+        if kind == "change-password":
+            conn.execute("UPDATE services SET password_enc = ?, updated_at = ? WHERE id = ?",
+                         (box.encrypt(password), at, service_id))
+        gated = bool(open_ops)
+        if kind == "terminate":
+            supersede_open_tasks(conn, service_id, at)
+            gated = False
+        plan = pipeline.lifecycle_plan(kind, row["mode"], row["domain"], stored_placement(row),
+                                       json.loads(row["usernames"]), args)
+        op_id = insert_operation(conn, service_id, kind, plan, config.retry.max_attempts, at,
+                                 gated=gated, args=args)
+        verb = kind.replace("-", " ")
+        store.add_event(conn, service_id, f"{verb.capitalize()} requested"
+                        + (" (waits for the current operation)" if gated else ""), at=at)
+        if not plan and not gated:
+            queue.settle_operation(conn, op_id, at)
+    return OperationResult(service_id, kind, op_id, len(plan), True, gated)
+
+
+def _package_args(config, row, product: Optional[str]) -> dict:
+    """change-package: the new product must keep the mode; limits are re-resolved from it."""
+    if not product:
+        raise UsageError("change-package needs --product")
+    new = config.product(product)
+    if new.mode != row["mode"]:
+        raise UsageError(f"product {product} is {new.mode}, service {row['id']} is {row['mode']}: "
+                         "changing the mode needs a new service (terminate and create)")
+    overrides = json.loads(row["params"]).get("limits", {})
+    return {"product": product, "limits": {**new.limits, **overrides}}

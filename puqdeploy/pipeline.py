@@ -231,6 +231,55 @@ def deploy_plan(mode: str, domain: str, placement: Placement, ssl: bool = True) 
     return plan
 
 
+ROLE_NAMES = {"web": "web user", "mail": "mail user", "dns": "DNS user", "all": "hosting user"}
+LIFECYCLE_STEPS = {
+    # kind: (user action, verb for labels, vanity mailbox action)
+    "suspend": ("user.suspend", "Suspending", "mailbox.suspend"),
+    "unsuspend": ("user.unsuspend", "Unsuspending", "mailbox.unsuspend"),
+    "terminate": ("user.delete", "Removing", "mailbox.delete"),
+    "change-package": ("user.package", "Changing the package of", "mailbox.quota"),
+    "change-password": ("user.password", "Changing the password of", "mailbox.password"),
+}
+
+
+def service_users(mode: str, placement: Placement) -> list[tuple[str, str]]:
+    """(role, node) of every Hestia user the service owns, in plan order."""
+    if mode == "split":
+        users = [("web", placement.web), ("mail", placement.mail)]
+    elif mode == "unified":
+        users = [("all", placement.web)]
+    else:
+        users = [("web", placement.web)] if placement.web else []
+    return users + [("dns", node) for node in placement.dns if mode != "vanity"]
+
+
+def lifecycle_plan(kind: str, mode: str, domain: str, placement: Placement,
+                   usernames: Mapping[str, str], args: Mapping[str, object]) -> list[TaskSpec]:
+    """Tasks of a lifecycle operation: one per Hestia user per node, plus Vanity's mailbox
+    (on the provider's mail user) and, for terminate, its record on each DNS node. The tasks
+    are independent of each other, so one unreachable node holds up only its own task."""
+    try:
+        action, verb, mailbox_action = LIFECYCLE_STEPS[kind]
+    except KeyError:
+        raise UsageError(f"unknown operation {kind}") from None
+    plan = []
+    for role, node in service_users(mode, placement):
+        plan.append(TaskSpec(f"{action}.{role}@{node}", action,
+                             f"{verb} {ROLE_NAMES[role]} {usernames[role]} on {node}", node,
+                             args={"role": role, **args}))
+    if mode == "vanity":
+        label, _, parent = domain.partition(".")
+        if placement.mail:
+            plan.append(TaskSpec(mailbox_action, mailbox_action,
+                                 f"{verb} mailbox {label}@{parent}", placement.mail, args=dict(args)))
+        if kind == "terminate":
+            for node in placement.dns:
+                plan.append(TaskSpec(f"record.delete@{node}", "record.delete",
+                                     f"Removing {domain} from zone {parent} on {node}", node,
+                                     args=dict(args)))
+    return plan
+
+
 def check_plan(plan: list[TaskSpec]) -> None:
     """Every dependency names an earlier task (so the plan is acyclic by construction)."""
     seen: set[str] = set()

@@ -26,11 +26,14 @@ from puqdeploy.outcomes import Done, Fail, Outcome, Retry, Wait
 
 OPEN_STATES = ("pending", "queued", "running", "waiting")
 
-# What a finished operation leaves the service as.
+# What a finished operation leaves the service as (None: the state it had before).
 FINAL_SERVICE_STATE = {
     "deploy": "active", "redeploy": "active", "unsuspend": "active", "change-package": None,
     "change-password": None, "suspend": "suspended", "terminate": "terminated",
 }
+# The service's state while an operation of this kind runs (None: unchanged).
+# A deploy shows `queued` until its first step is leased, then `deploying` (see claim).
+RUNNING_SERVICE_STATE = {"deploy": "queued", "redeploy": "queued"}
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,11 @@ WITH lim(node, cap) AS (SELECT key, value FROM json_each(:limits)),
 busy AS (SELECT node, count(*) AS n FROM tasks WHERE state = 'running' GROUP BY node),
 due AS (
     SELECT id, node, ROW_NUMBER() OVER (PARTITION BY node ORDER BY run_after, id) AS rn
-    FROM tasks WHERE state IN ('queued', 'waiting') AND run_after <= :now
+    FROM tasks t WHERE state IN ('queued', 'waiting') AND run_after <= :now
+      -- an operation waits while an older one of the same service still runs a step
+      -- (a terminate never deletes under a deploy step that is still running)
+      AND NOT EXISTS (SELECT 1 FROM tasks r WHERE r.service_id = t.service_id
+                      AND r.state = 'running' AND r.operation_id != t.operation_id)
 )
 UPDATE tasks
    SET state = 'running', lease_owner = :owner, lease_token = lease_token + 1,
@@ -258,10 +265,13 @@ def _go_terminal(conn: sqlite3.Connection, task_id: int, service_id: str, at: fl
         reason = f"{task['label']} failed: {error}"
         conn.execute("UPDATE services SET state = 'error', error = ?, updated_at = ? WHERE id = ?",
                      (reason, at, service_id))
-        conn.execute("UPDATE operations SET state = 'error', error = ?, finished_at = ? "
-                     "WHERE id = ? AND state = 'running'", (reason, at, task["operation_id"]))
+        ended = conn.execute("UPDATE operations SET state = 'error', error = ?, finished_at = ? "
+                             "WHERE id = ? AND state = 'running'",
+                             (reason, at, task["operation_id"])).rowcount
         store.add_event(conn, service_id, f"{task['label']} failed", level="error",
                         task_id=task_id, at=at)
+        if ended:
+            start_next_operation(conn, service_id, at)
     else:
         store.add_event(conn, service_id, f"{task['label']} did not complete", level="warning",
                         task_id=task_id, at=at)
@@ -275,23 +285,76 @@ def settle_operation(conn: sqlite3.Connection, operation_id: int, at: float) -> 
         (operation_id,)).fetchone()[0]
     if left:
         return False
-    op = conn.execute("SELECT service_id, kind FROM operations WHERE id = ? AND state = 'running'",
-                      (operation_id,)).fetchone()
+    op = conn.execute("SELECT service_id, kind, resume_state, args FROM operations "
+                      "WHERE id = ? AND state = 'running'", (operation_id,)).fetchone()
     if op is None:
         return False
     conn.execute("UPDATE operations SET state = 'done', finished_at = ? WHERE id = ?",
                  (at, operation_id))
-    final = FINAL_SERVICE_STATE.get(op["kind"]) or "active"
+    final = FINAL_SERVICE_STATE.get(op["kind"]) or op["resume_state"] or "active"
     conn.execute("UPDATE services SET state = ?, error = NULL, updated_at = ? "
                  "WHERE id = ? AND operation_id = ?", (final, at, op["service_id"], operation_id))
+    if final == "terminated":
+        release_service(conn, op["service_id"])
+    if op["kind"] == "change-package":
+        args = json.loads(op["args"])
+        conn.execute("UPDATE services SET product = ?, limits = ? WHERE id = ?",
+                     (args["product"], json.dumps(args["limits"]), op["service_id"]))
     store.add_event(conn, op["service_id"], _final_message(op["kind"], final), at=at)
+    start_next_operation(conn, op["service_id"], at)
     return True
 
 
+def start_next_operation(conn: sqlite3.Connection, service_id: str, at: float) -> Optional[int]:
+    """Start the oldest operation queued behind the one that just ended (if any).
+
+    Its tasks were written `pending` with one extra dependency (the "gate"); opening the gate
+    queues those whose own dependencies are already met.
+    """
+    if conn.execute("SELECT 1 FROM operations WHERE service_id = ? AND state = 'running'",
+                    (service_id,)).fetchone():
+        return None
+    op = conn.execute("SELECT id, kind FROM operations WHERE service_id = ? AND state = 'queued' "
+                      "ORDER BY id LIMIT 1", (service_id,)).fetchone()
+    if op is None:
+        return None
+    begin_operation(conn, service_id, op["id"], op["kind"], at)
+    conn.execute("UPDATE tasks SET deps_left = deps_left - 1 WHERE operation_id = ?", (op["id"],))
+    conn.execute("UPDATE tasks SET state = 'queued', run_after = ? WHERE operation_id = ? "
+                 "AND state = 'pending' AND deps_left <= 0", (at, op["id"]))
+    settle_operation(conn, op["id"], at)  # an operation with nothing left to do ends at once
+    return op["id"]
+
+
+def begin_operation(conn: sqlite3.Connection, service_id: str, op_id: int, kind: str,
+                    at: float) -> None:
+    """Make `op_id` the service's current operation and remember the state to return to."""
+    state = conn.execute("SELECT state FROM services WHERE id = ?", (service_id,)).fetchone()[0]
+    resume = "suspended" if state == "suspended" else "active"
+    conn.execute("UPDATE operations SET state = 'running', resume_state = ? WHERE id = ?",
+                 (resume, op_id))
+    running_state = RUNNING_SERVICE_STATE.get(kind)
+    conn.execute("UPDATE services SET operation_id = ?, state = coalesce(?, state), error = NULL, "
+                 "updated_at = ? WHERE id = ?", (op_id, running_state, at, service_id))
+    if kind not in ("deploy", "redeploy"):
+        store.add_event(conn, service_id, f"{kind.replace('-', ' ').capitalize()} started", at=at)
+
+
+def release_service(conn: sqlite3.Connection, service_id: str) -> None:
+    """A terminated service gives back its usernames and its share of node load."""
+    conn.execute("DELETE FROM usernames WHERE service_id = ?", (service_id,))
+    placement = json.loads(conn.execute("SELECT placement FROM services WHERE id = ?",
+                                        (service_id,)).fetchone()[0])
+    nodes = {n for n in [placement.get("web"), placement.get("mail"), *placement.get("dns", [])] if n}
+    for node in nodes:
+        conn.execute("UPDATE node_load SET services = max(0, services - 1) WHERE node = ?", (node,))
+
+
 def _final_message(kind: str, final: str) -> str:
-    if kind in ("deploy", "redeploy"):
-        return "Your service is ready"
-    return f"{kind.replace('-', ' ').capitalize()} completed"
+    return {"deploy": "Your service is ready", "redeploy": "Your service is ready",
+            "suspend": "Service suspended", "unsuspend": "Service unsuspended",
+            "terminate": "Service terminated", "change-package": "Package changed",
+            "change-password": "Password changed"}.get(kind, f"{kind} completed")
 
 
 def rescue_expired(conn: sqlite3.Connection, policy: RetryPolicy, at: float | None = None) -> int:
@@ -349,13 +412,14 @@ def retry_tasks(conn: sqlite3.Connection, service_id: str, task_id: int | None =
 
     The failed task goes back to `queued` with its attempt counter reset; tasks cancelled
     because of it go back to `pending` with their dependency count recomputed, so the DAG
-    resumes exactly where it stopped. The service returns to `deploying` and its operation
-    to `running`.
+    resumes exactly where it stopped. The operation is `running` again and the service shows
+    the state it has while such an operation runs (`deploying` for a deploy).
     """
     at = store.now() if at is None else at
     with store.write(conn):
         op_id = conn.execute("SELECT operation_id FROM services WHERE id = ?",
                              (service_id,)).fetchone()[0]
+        op = conn.execute("SELECT kind, resume_state FROM operations WHERE id = ?", (op_id,)).fetchone()
         where = "operation_id = ? AND state = 'failed'"
         params: list = [op_id]
         if task_id is not None:
@@ -378,7 +442,8 @@ def retry_tasks(conn: sqlite3.Connection, service_id: str, task_id: int | None =
                      "AND state = 'pending' AND deps_left = 0", (at, op_id))
         conn.execute("UPDATE operations SET state = 'running', error = NULL, finished_at = NULL "
                      "WHERE id = ?", (op_id,))
-        conn.execute("UPDATE services SET state = 'deploying', error = NULL, updated_at = ? "
-                     "WHERE id = ?", (at, service_id))
+        state = RUNNING_SERVICE_STATE.get(op["kind"]) or op["resume_state"] or "active"
+        conn.execute("UPDATE services SET state = ?, error = NULL, updated_at = ? "
+                     "WHERE id = ?", (state, at, service_id))
         store.add_event(conn, service_id, f"Retrying {len(failed)} failed step(s)", at=at)
     return len(failed)

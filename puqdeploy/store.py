@@ -144,6 +144,14 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX events_service ON events(service_id, id);
     """,
+    # 2: lifecycle operations queue behind each other; a service's running tasks are found fast
+    # (an operation's tasks wait while an older operation of the same service still runs one).
+    """
+    ALTER TABLE operations ADD COLUMN resume_state TEXT;
+    ALTER TABLE operations ADD COLUMN args TEXT NOT NULL DEFAULT '{}';
+    CREATE INDEX operations_open ON operations(service_id, state) WHERE state IN ('queued', 'running');
+    CREATE INDEX tasks_service_running ON tasks(service_id) WHERE state = 'running';
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

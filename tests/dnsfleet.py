@@ -282,6 +282,9 @@ class DnsServer:
                 raise DnsFleetError(f"named for {self.name} exited with "
                                     f"{self._process.returncode}:\n{self.log}")
             zone = pending[0]
+            if zone == "." and not self._accepts_tcp():
+                time.sleep(0.02)  # polling the listener, bounded by the deadline
+                continue
             last = query_authoritative(self.address, self.port, zone, "@", "SOA", 0.5)
             # "." only proves the listener: any answer will do (REFUSED, as recursion is off).
             if last.answered and (zone == "." or last.ok):
@@ -294,6 +297,15 @@ class DnsServer:
         raise DnsFleetError(f"named for {self.name} did not serve {pending[0]!r} on "
                             f"{self.address}:{self.port} within {READY_SECONDS:g} s "
                             f"(last answer: {last.describe() if last else 'none'}):\n{self.log}")
+
+    def _accepts_tcp(self) -> bool:
+        """Is named listening yet? A refused TCP connect says "no" at once, where a UDP query
+        to a closed port would only time out (dnspython's UDP sockets see no ICMP errors)."""
+        try:
+            with socket.create_connection((self.address, self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
 
     def stop(self) -> None:
         """Stop named (SIGTERM: it closes its sockets and exits); the port is free after."""

@@ -111,7 +111,7 @@ def test_backoff_follows_policy_then_goes_terminal_and_cancels_dependents(env):
     row = _task(conn, "web.user")
     assert (row["state"], row["attempts"]) == ("queued", 0)
     assert _task(conn, "web.domain")["state"] == "pending"
-    assert conn.execute("SELECT state FROM services").fetchone()[0] == "deploying"
+    assert conn.execute("SELECT state FROM services").fetchone()[0] == "queued"
 
 
 def test_fail_is_terminal_at_once(env):

@@ -477,15 +477,17 @@ def test_password_never_in_process_arguments_logs_or_output(ssh_box, fleet):
     sshd_before = {name: len(fleet[name].log()) for name in NODES}
 
     runner = box.popen("run")
+    mine = str(box.root).encode()  # other test sessions may run panels on this machine too
     samples, seen_add_user, leaks = 0, [], []
     try:
         while runner.poll() is None:
             for cmdline in _cmdlines():
                 if secret.encode() in cmdline:
                     leaks.append(cmdline)
-                if re.search(rb"(^|[\x00/])v-add-user\x00", cmdline):
+                if mine in cmdline and re.search(rb"(^|[\x00/])v-add-user\x00", cmdline):
                     seen_add_user.append(cmdline)
             samples += 1
+            time.sleep(0.005)  # the sampling rate (each command lives >= 0.2 s), not a wait
         out, err = runner.communicate(timeout=60)
     finally:
         if runner.poll() is None:
@@ -545,12 +547,13 @@ def test_nodes_list_check_and_trust(ssh_box, fleet, tmp_path):
                             "ns2": {"host_key": ns2.host_key}})
     create(box)
 
-    listing = json.loads(box.cli("nodes", "--json", check=True).stdout)
-    assert [n["name"] for n in listing["nodes"]] == list(NODES)
-    assert listing["nodes"][0] == {"name": "web1", "host": "127.0.77.1", "port": web1.port,
-                                   "transport": "ssh", "roles": ["web"], "capacity": 100,
-                                   "used": 1, "active": True, "max_concurrency": 1}
-    assert all(n["used"] == 1 and n["transport"] == "ssh" for n in listing["nodes"])
+    listing = json.loads(box.cli("nodes", "--json", check=True).stdout)["nodes"]
+    assert [n["name"] for n in listing][:4] == list(NODES)
+    assert listing[0] == {"name": "web1", "host": "127.0.77.1", "port": web1.port,
+                          "transport": "ssh", "roles": ["web"], "capacity": 100,
+                          "used": 1, "active": True, "max_concurrency": 1}
+    assert all(n["used"] == 1 and n["transport"] == "ssh" for n in listing[:4])
+    assert all(n["used"] == 0 and n["transport"] == "local" for n in listing[4:])  # sandbox extras
     text = box.cli("nodes", check=True).stdout
     for name in NODES:
         assert re.search(rf"^{name}\s+127\.0\.77\.\d\s+{web1.port}\s+ssh\s+\w+\s+1/100\s+yes\s+1$",
@@ -575,7 +578,8 @@ def test_nodes_list_check_and_trust(ssh_box, fleet, tmp_path):
 
     code, rows = _check(box)
     assert code == 0, rows
-    for name in NODES:
+    assert list(rows) == [n["name"] for n in listing]
+    for name in rows:
         row = rows[name]
         assert row["reachable"] and row["ok"] and row["error"] is None, row
         assert row["version"] == "1.10.3" and row["latency_ms"] > 0
@@ -586,7 +590,7 @@ def test_nodes_list_check_and_trust(ssh_box, fleet, tmp_path):
         assert code == 1
         assert not rows["ns1"]["reachable"] and "cannot connect" in rows["ns1"]["error"]
         assert "ns1" in rows["ns1"]["error"] and rows["ns1"]["version"] is None
-        assert all(rows[name]["ok"] for name in ("web1", "mail1", "ns2"))
+        assert all(row["ok"] for name, row in rows.items() if name != "ns1"), rows
         text = box.cli("nodes", "check")
         assert text.returncode == 1 and re.search(r"^ns1\s.*\sno\s", text.stdout, re.M)
         assert box.cli("nodes", "check", "ns1").returncode == 1

@@ -15,7 +15,7 @@ def group_nameservers(ctx: StepContext) -> list[str]:
 def ensure_package(ctx: StepContext, role: str, package: str) -> str:
     """Create or rewrite the user's package so it holds exactly the service's limits."""
     product = ctx.product
-    wanted = package_values(role, ctx.service.limits, group_nameservers(ctx),
+    wanted = package_values(role, ctx.limits, group_nameservers(ctx),
                             product.backend_template if role in ("web", "all") else None)
     current = ctx.panel.list_package(package)
     if current is not None and not differs(wanted, current):

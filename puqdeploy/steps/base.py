@@ -59,7 +59,13 @@ class StepContext:
 
     @property
     def product(self):
-        return self.config.products.get(self.service.product)
+        """The product the step works for: a change-package names the new one in its args."""
+        return self.config.products.get(self.args.get("product") or self.service.product)
+
+    @property
+    def limits(self) -> dict:
+        """The limits to apply: a change-package carries the new ones in its args."""
+        return self.args.get("limits") or self.service.limits
 
 
 StepFn = Callable[[StepContext], Outcome]
@@ -83,7 +89,7 @@ def lookup(action: str) -> Optional[StepFn]:
     """The step for an action; importing the step modules registers them on first use."""
     global _loaded
     if not _loaded:
-        from puqdeploy.steps import dns, mail, ssl, vanity, web  # noqa: F401  (registers them)
+        from puqdeploy.steps import dns, lifecycle, mail, ssl, vanity, web  # noqa: F401  (registers)
         _loaded = True
     return REGISTRY.get(action)
 
