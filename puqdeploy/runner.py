@@ -14,6 +14,7 @@ budget runs out.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import socket
@@ -232,9 +233,11 @@ class Runner:
 
         def set_fact(key: str, value) -> None:
             service.facts[key] = value
+            # the key is quoted in the JSON path: fact names hold dots and @ (mailbox:a@b.c)
             with store.write(conn):
-                conn.execute("UPDATE services SET facts = json_set(facts, '$.' || ?, ?) WHERE id = ?",
-                             (key, value, lease.service_id))
+                conn.execute("UPDATE services SET facts = json_set(facts, '$.\"' || ? || '\"', "
+                             "json(?)) WHERE id = ?",
+                             (key, json.dumps(value), lease.service_id))
 
         log("info", f"attempt {lease.attempt}/{lease.max_attempts} of {lease.action}"
                     f"{' on ' + lease.node if lease.node else ''} by {self.runner_id}")

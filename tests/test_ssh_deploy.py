@@ -312,10 +312,19 @@ def test_sshd_stopped_mid_deploy_backs_off_then_converges_without_duplicates(ssh
     create(box)
     conn = box.db()
     runner = box.popen("run")
+
+    def ns2_mid_zone_and_rest_done():
+        states = dict(conn.execute("SELECT coalesce(action || '@' || node, action), state "
+                                   "FROM tasks").fetchall())
+        ns2_state = states.pop("dns.zone@ns2")
+        assert ns2_state in ("pending", "queued", "running"), "ns2 finished before we stopped it"
+        added = any(c["program"] == "v-add-dns-record" for c in read_command_log(box.node("ns2")))
+        return added and all(state == "done" for state in states.values())
+
     try:
-        wait_for(lambda: any(c["program"] == "v-add-dns-record"
-                             for c in read_command_log(box.node("ns2"))),
-                 what="ns2 to have added its first record")
+        # stop ns2 in the middle of its zone, once nothing else runs: the tick must then end
+        # without leasing ns2's task again (its back-off outlasts the tick)
+        wait_for(ns2_mid_zone_and_rest_done, what="ns2 mid-zone with every other task done")
         ns2.stop()
         stopped_at = time.time()
         partial = read_panel(box.node("ns2"))["dns"]["examplecom-dns"]["example.com"]
@@ -402,10 +411,7 @@ def test_changed_host_key_fails_terminally_and_nothing_runs(ssh_box, fleet, tmp_
 
 
 def test_hung_command_is_killed_at_the_timeout_and_retried(ssh_box):
-    # The back-off must outlast the rest of the tick (the DNS zones still run when web.domain
-    # times out), or the same tick would lease the task again and hang it a second time.
-    box = ssh_box(per_node={"web1": {"command_timeout_seconds": 2}},
-                  retry={"base_seconds": 6, "jitter": 0})
+    box = ssh_box(per_node={"web1": {"command_timeout_seconds": 2}})
     web1 = box.node("web1")
     set_faults(web1, hang={"program": "v-add-web-domain", "seconds": 60})
     create(box)
@@ -413,13 +419,19 @@ def test_hung_command_is_killed_at_the_timeout_and_retried(ssh_box):
 
     def hung_marker():
         for marker in (web1 / "running").iterdir():
-            if marker.name.isdigit():
-                text = marker.read_text() if marker.exists() else ""
-                if text.startswith("v-add-web-domain"):
-                    return int(marker.name), float(text.split()[1])
+            try:
+                text = marker.read_text() if marker.name.isdigit() else ""
+            except FileNotFoundError:
+                continue
+            if text.startswith("v-add-web-domain"):
+                return int(marker.name), float(text.split()[1])
         return None
 
-    runner = box.popen("run")
+    # `--once` ticks: the first runs the users; the second leases web.domain (and mail.domain)
+    # and nothing after its first claim, so the timed-out task cannot be leased again in it
+    first = box.cli("run", "--once", check=True)
+    assert "leased 2, done 2" in first.stderr, first.stderr
+    runner = box.popen("run", "--once")
     try:
         pid, started = wait_for(hung_marker, what="v-add-web-domain to hang on web1")
         assert alive(pid)
@@ -443,6 +455,7 @@ def test_hung_command_is_killed_at_the_timeout_and_retried(ssh_box):
     assert attempt["outcome"] == "timeout" and "timed out after 2 s" in attempt["error"]
     assert task["state"] == "queued" and task["attempts"] == 1, dict(task)
     assert read_panel(web1)["web"] == {}
+    assert "leased 2, done 1, retried 1" in err, err
 
     clear_faults(web1)
     wait_until_due(conn, task["id"])

@@ -177,6 +177,18 @@ def test_a_url_that_is_not_the_api_endpoint_is_permanent(whmcs_server: FakeWhmcs
     assert "includes/api.php" in str(caught.value)
 
 
+def test_a_redirect_is_permanent_not_followed(whmcs_server: FakeWhmcs) -> None:
+    # Following it would re-send the POST as a GET without the form: WHMCS would never see the
+    # ticket, so the operator must fix the URL instead.
+    whmcs_server.redirect_next("https://billing.example.net/includes/api.php")
+    with pytest.raises(TicketError) as caught:
+        deliver(whmcs_only(whmcs_server), FACTS, None)
+
+    assert caught.value.transient is False
+    assert "redirects (HTTP 301) to https://billing.example.net/includes/api.php" in str(caught.value)
+    assert len(whmcs_server.requests) == 1
+
+
 # --------------------------------------------------------------------------- WHMCS: transient errors
 def test_http_503_is_transient_and_the_retry_opens_one_ticket(whmcs_server: FakeWhmcs) -> None:
     config = whmcs_only(whmcs_server)

@@ -19,7 +19,8 @@ It speaks the documented request/response format (developers.whmcs.com, API refe
 Every request is recorded (`requests`), before any fault is applied, so tests can count the
 attempts. Fault knobs act on the next N requests: `fail_next` (an HTTP status such as 503),
 `drop_next` (read the request, close the connection without an answer), `hang_next` (no answer
-until `release()` or shutdown, for client timeouts), `error_next` (a `result: error` message).
+until `release()` or shutdown, for client timeouts), `error_next` (a `result: error` message),
+`redirect_next` (a 301 elsewhere, as when the site moved to https).
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ class FakeTicket:
 
 @dataclass
 class _Fault:
-    kind: str          # "status", "drop", "hang", "error"
+    kind: str          # "status", "drop", "hang", "error", "redirect"
     status: int = 503
     message: str = ""
 
@@ -163,6 +164,11 @@ class FakeWhmcs:
     def error_next(self, message: str, n: int = 1) -> None:
         with self._lock:
             self._faults += [_Fault("error", message=message) for _ in range(n)]
+
+    def redirect_next(self, location: str, n: int = 1, status: int = 301) -> None:
+        """Answer like a web server that moved the API (http -> https, another path)."""
+        with self._lock:
+            self._faults += [_Fault("redirect", status=status, message=location) for _ in range(n)]
 
     def release(self) -> None:
         """Let hung requests go on (they are then answered normally)."""
@@ -287,6 +293,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(fault.status, "text/html",
                        b"<html><body><h1>Service Unavailable</h1></body></html>\n")
             return
+        if fault is not None and fault.kind == "redirect":
+            rec.status = fault.status
+            self._send(fault.status, "text/html", b"", {"Location": fault.message})
+            return
         if self.path.split("?")[0] != "/includes/api.php":
             rec.status = 404
             self._send(404, "text/html", b"<html><body>Not Found</body></html>\n")
@@ -301,9 +311,12 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(status, "text/plain", _nvp(doc).encode())
 
-    def _send(self, status: int, ctype: str, payload: bytes) -> None:
+    def _send(self, status: int, ctype: str, payload: bytes,
+              headers: Optional[dict[str, str]] = None) -> None:
         try:
             self.send_response(status)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(payload)))
             self.send_header("Connection", "close")
