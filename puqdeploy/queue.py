@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import random
 import sqlite3
+import time
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Optional
 
@@ -151,7 +152,8 @@ def heartbeat(conn: sqlite3.Connection, leases: Iterable[Lease], lease_seconds: 
 
 
 def finish(conn: sqlite3.Connection, lease: Lease, outcome: Outcome, policy: RetryPolicy,
-           at: float | None = None, rng: random.Random | None = None) -> Optional[str]:
+           at: float | None = None, rng: random.Random | None = None,
+           tickets: bool = False) -> Optional[str]:
     """Record a step's outcome. Returns the task's new state, or None when the lease was lost.
 
     Everything happens in one transaction: the fenced task update, the attempt row, the DAG
@@ -174,19 +176,20 @@ def finish(conn: sqlite3.Connection, lease: Lease, outcome: Outcome, policy: Ret
         if isinstance(outcome, Done):
             return _on_done(conn, lease, outcome, at)
         if isinstance(outcome, Wait):
-            return _on_wait(conn, lease, outcome, at)
+            return _on_wait(conn, lease, outcome, at, tickets)
         if isinstance(outcome, Retry):
             _end_attempt(conn, lease.attempt_id, at, "timeout" if outcome.timeout else "retry",
                          outcome.error)
             if lease.attempt >= lease.max_attempts:
                 return _go_terminal(conn, lease.task_id, lease.service_id, at,
-                                    f"gave up after {lease.attempt} attempts: {outcome.error}")
+                                    f"gave up after {lease.attempt} attempts: {outcome.error}",
+                                    tickets)
             delay = policy.delay(lease.attempt, rng)
             _set_task(conn, lease, "queued", at, run_after=at + delay, error=outcome.error,
                       finished=False)
             return "queued"
         _end_attempt(conn, lease.attempt_id, at, "fail", outcome.error)
-        return _go_terminal(conn, lease.task_id, lease.service_id, at, outcome.error)
+        return _go_terminal(conn, lease.task_id, lease.service_id, at, outcome.error, tickets)
 
 
 def _outcome_name(outcome: Outcome) -> str:
@@ -229,12 +232,13 @@ def _on_done(conn: sqlite3.Connection, lease: Lease, outcome: Done, at: float) -
     return "done"
 
 
-def _on_wait(conn: sqlite3.Connection, lease: Lease, outcome: Wait, at: float) -> str:
+def _on_wait(conn: sqlite3.Connection, lease: Lease, outcome: Wait, at: float,
+             tickets: bool = False) -> str:
     deadline = lease.wait_deadline or at + outcome.deadline_seconds
     if at >= deadline:
         _end_attempt(conn, lease.attempt_id, at, "fail", outcome.reason)
         return _go_terminal(conn, lease.task_id, lease.service_id, at,
-                            f"gave up waiting: {outcome.reason}")
+                            f"gave up waiting: {outcome.reason}", tickets)
     _end_attempt(conn, lease.attempt_id, at, "wait", outcome.reason, counted=False)
     conn.execute(
         "UPDATE tasks SET state = 'waiting', attempts = attempts - 1, lease_owner = NULL, "
@@ -247,11 +251,12 @@ def _on_wait(conn: sqlite3.Connection, lease: Lease, outcome: Wait, at: float) -
 
 
 def _go_terminal(conn: sqlite3.Connection, task_id: int, service_id: str, at: float,
-                 error: str) -> str:
-    """A task failed for good: record it, cancel what depended on it, flag the service."""
+                 error: str, tickets: bool = False) -> str:
+    """A task failed for good: record it, cancel what depended on it, flag the service, and
+    (tickets enabled, blocking task) queue the support ticket that tells staff."""
     conn.execute("UPDATE tasks SET state = 'failed', lease_owner = NULL, lease_expires = NULL, "
                  "last_error = ?, finished_at = ? WHERE id = ?", (error, at, task_id))
-    task = conn.execute("SELECT label, blocking, operation_id FROM tasks WHERE id = ?",
+    task = conn.execute("SELECT label, blocking, operation_id, action FROM tasks WHERE id = ?",
                         (task_id,)).fetchone()
     conn.execute(
         """WITH RECURSIVE downstream(id) AS (
@@ -270,12 +275,73 @@ def _go_terminal(conn: sqlite3.Connection, task_id: int, service_id: str, at: fl
                              (reason, at, task["operation_id"])).rowcount
         store.add_event(conn, service_id, f"{task['label']} failed", level="error",
                         task_id=task_id, at=at)
+        if tickets and task["action"] != TICKET_ACTION:
+            queue_ticket(conn, task_id, at)
         if ended:
             start_next_operation(conn, service_id, at)
     else:
         store.add_event(conn, service_id, f"{task['label']} did not complete", level="warning",
                         task_id=task_id, at=at)
     return "failed"
+
+
+TICKET_ACTION = "ticket.open"
+LOG_TAIL_LINES = 20
+
+
+def queue_ticket(conn: sqlite3.Connection, failed_task_id: int, at: float) -> int:
+    """Queue the support ticket for a terminal failure, as a task of the same operation.
+
+    A task, so that an unreachable ticket endpoint is retried with back-off like any step, and
+    the failure itself is already recorded whatever happens to the ticket. The facts are frozen
+    into the task now (the failed attempt's last log lines included). A second failure in the
+    same operation waits for the first ticket task, so it replies to that ticket instead of
+    opening another.
+    """
+    row = conn.execute(
+        """SELECT t.id, t.service_id, t.operation_id, t.label, t.action, t.node, t.attempts,
+                  t.max_attempts, t.last_error, t.max_attempts, s.domain, s.product, s.mode,
+                  o.kind FROM tasks t JOIN services s ON s.id = t.service_id
+             JOIN operations o ON o.id = t.operation_id WHERE t.id = ?""",
+        (failed_task_id,)).fetchone()
+    tail = [r[0] for r in conn.execute(
+        "SELECT line FROM attempt_logs WHERE attempt_id = (SELECT id FROM attempts WHERE task_id = ? "
+        "ORDER BY number DESC LIMIT 1) ORDER BY id DESC LIMIT ?", (failed_task_id, LOG_TAIL_LINES))]
+    facts = {
+        "service_id": row["service_id"], "domain": row["domain"], "product": row["product"],
+        "mode": row["mode"], "operation": row["kind"], "operation_id": row["operation_id"],
+        "step": row["label"], "action": row["action"], "node": row["node"],
+        "attempts": row["attempts"], "max_attempts": row["max_attempts"],
+        "last_error": row["last_error"] or "", "log_tail": list(reversed(tail)),
+        "failed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at)),
+    }
+    earlier = conn.execute("SELECT id FROM tasks WHERE operation_id = ? AND action = ? AND state "
+                           "IN ('pending', 'queued', 'running', 'waiting') ORDER BY id DESC LIMIT 1",
+                           (row["operation_id"], TICKET_ACTION)).fetchone()
+    seq = conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM tasks WHERE operation_id = ?",
+                       (row["operation_id"],)).fetchone()[0]
+    max_attempts = conn.execute("SELECT max_attempts FROM tasks WHERE id = ?",
+                                (failed_task_id,)).fetchone()[0]
+    ticket_id = conn.execute(
+        "INSERT INTO tasks (service_id, operation_id, seq, action, label, node, args, blocking, "
+        "state, deps_left, max_attempts, run_after, created_at) "
+        "VALUES (?, ?, ?, ?, ?, NULL, ?, 0, ?, ?, ?, ?, ?)",
+        (row["service_id"], row["operation_id"], seq, TICKET_ACTION,
+         f"Opening a support ticket ({row['label']})", json.dumps({"facts": facts}),
+         "pending" if earlier else "queued", 1 if earlier else 0, max_attempts, at, at)).lastrowid
+    if earlier:
+        conn.execute("INSERT INTO task_deps (task_id, depends_on) VALUES (?, ?)",
+                     (ticket_id, earlier[0]))
+    return ticket_id
+
+
+def operation_ticket(conn: sqlite3.Connection, operation_id: int) -> Optional[str]:
+    return conn.execute("SELECT ticket FROM operations WHERE id = ?", (operation_id,)).fetchone()[0]
+
+
+def set_operation_ticket(conn: sqlite3.Connection, operation_id: int, ticket: str) -> None:
+    with store.write(conn):
+        conn.execute("UPDATE operations SET ticket = ? WHERE id = ?", (ticket, operation_id))
 
 
 def settle_operation(conn: sqlite3.Connection, operation_id: int, at: float) -> bool:
@@ -357,7 +423,8 @@ def _final_message(kind: str, final: str) -> str:
             "change-password": "Password changed"}.get(kind, f"{kind} completed")
 
 
-def rescue_expired(conn: sqlite3.Connection, policy: RetryPolicy, at: float | None = None) -> int:
+def rescue_expired(conn: sqlite3.Connection, policy: RetryPolicy, at: float | None = None,
+                   tickets: bool = False) -> int:
     """Put tasks whose runner vanished (lease expired) back in the queue, recording the loss.
 
     A lost runner is usually not the task's fault (a reboot, a kill), so the task is due again
@@ -378,7 +445,7 @@ def rescue_expired(conn: sqlite3.Connection, policy: RetryPolicy, at: float | No
                              "lease_expires = NULL, finished_at = ? WHERE id = ?", (at, row["id"]))
             elif row["attempts"] >= row["max_attempts"]:
                 _go_terminal(conn, row["id"], row["service_id"], at,
-                             f"gave up after {row['attempts']} attempts: runner lost")
+                             f"gave up after {row['attempts']} attempts: runner lost", tickets)
             else:
                 conn.execute("UPDATE tasks SET state = 'queued', lease_owner = NULL, "
                              "lease_expires = NULL, run_after = ?, last_error = ? WHERE id = ?",

@@ -113,6 +113,7 @@ class Runner:
         self._active: dict[int, Lease] = {}
         self._active_lock = threading.Lock()
         self._box: Optional[SecretBox] = None
+        self.tickets = self.config.tickets.enabled
 
     # -- connections -------------------------------------------------------------------------
 
@@ -143,7 +144,7 @@ class Runner:
         deadline = started + self.budget
         summary = TickSummary()
         conn = self._conn()
-        summary.rescued = queue.rescue_expired(conn, self.policy)
+        summary.rescued = queue.rescue_expired(conn, self.policy, tickets=self.tickets)
         stop = threading.Event()
         beat = threading.Thread(target=self._heartbeat_loop, args=(stop,), daemon=True)
         beat.start()
@@ -212,7 +213,7 @@ class Runner:
             log("error", f"internal error: {type(exc).__name__}: {exc}")
             outcome = Retry(f"internal error: {type(exc).__name__}: {exc}")
         log.flush()
-        return queue.finish(conn, lease, outcome, self.policy, rng=self.rng)
+        return queue.finish(conn, lease, outcome, self.policy, rng=self.rng, tickets=self.tickets)
 
     def _outcome(self, conn: sqlite3.Connection, lease: Lease, log: LogBuffer) -> Outcome:
         fn = base.lookup(lease.action)
@@ -241,9 +242,13 @@ class Runner:
 
         log("info", f"attempt {lease.attempt}/{lease.max_attempts} of {lease.action}"
                     f"{' on ' + lease.node if lease.node else ''} by {self.runner_id}")
+        extra = {
+            "get_ticket": lambda: queue.operation_ticket(conn, lease.operation_id),
+            "set_ticket": lambda ref: queue.set_operation_ticket(conn, lease.operation_id, ref),
+        }
         ctx = base.StepContext(action=lease.action, args=lease.args, service=service,
                                config=self.config, node=node, panel=panel, log=log,
-                               password=password, set_fact=set_fact)
+                               password=password, set_fact=set_fact, extra=extra)
         outcome = base.execute(fn, ctx)
         log("info", f"outcome: {_describe(outcome)}")
         return outcome

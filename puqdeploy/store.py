@@ -149,6 +149,7 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE operations ADD COLUMN resume_state TEXT;
     ALTER TABLE operations ADD COLUMN args TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE operations ADD COLUMN ticket TEXT;
     CREATE INDEX operations_open ON operations(service_id, state) WHERE state IN ('queued', 'running');
     CREATE INDEX tasks_service_running ON tasks(service_id) WHERE state = 'running';
     """,

@@ -89,7 +89,8 @@ def lookup(action: str) -> Optional[StepFn]:
     """The step for an action; importing the step modules registers them on first use."""
     global _loaded
     if not _loaded:
-        from puqdeploy.steps import dns, lifecycle, mail, ssl, vanity, web  # noqa: F401  (registers)
+        from puqdeploy.steps import (dns, lifecycle, mail, ssl, ticket, vanity,  # noqa: F401
+                                     web)  # importing registers them
         _loaded = True
     return REGISTRY.get(action)
 
