@@ -380,6 +380,28 @@ def change_password(ctx, service_id, password_stdin, as_json) -> None:
 
 
 @main.command()
+@click.option("--older-than", metavar="AGE",
+              help="Cut-off for finished history, e.g. 30d, 12h (default retention.finished_days).")
+@_json_option
+@click.pass_context
+def prune(ctx, older_than, as_json) -> None:
+    """Delete finished history beyond retention (terminal failures are kept longer)."""
+    from puqdeploy import retention
+
+    config = _config(ctx)
+    finished = (retention.parse_duration(older_than) if older_than
+                else config.retention.finished_days * 86400)
+    failed = max(finished, config.retention.failed_days * 86400)
+    result = retention.prune(_store(ctx), finished, failed)
+    if as_json:
+        _emit_json(vars(result))
+    else:
+        click.echo(f"pruned {result.operations} operation(s): {result.tasks} tasks, "
+                   f"{result.attempts} attempts, {result.log_lines} log lines; "
+                   f"{result.events} events")
+
+
+@main.command()
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--delay", type=float, default=0.0, help="Seconds each simulated command takes.")
 def sandbox(directory, delay) -> None:

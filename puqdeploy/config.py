@@ -41,6 +41,7 @@ __all__ = [
     "NodeConfig",
     "ParentDomain",
     "ProductConfig",
+    "RetentionConfig",
     "RetryConfig",
     "RunnerConfig",
     "SslConfig",
@@ -126,6 +127,14 @@ class DnsConfig:
     resolvers: tuple[str, ...] = ("1.1.1.1", "9.9.9.9")
     port: int = 53
     timeout_seconds: float = 3.0
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    """How long `puqdeploy prune` keeps finished history; terminal failures stay longer."""
+
+    finished_days: float = 30.0
+    failed_days: float = 90.0
 
 
 @dataclass(frozen=True)
@@ -275,6 +284,7 @@ class Config:
     dns: DnsConfig = field(default_factory=DnsConfig)
     ssl: SslConfig = field(default_factory=SslConfig)
     tickets: TicketsConfig = field(default_factory=TicketsConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
     nodes: Mapping[str, NodeConfig] = field(default_factory=lambda: MappingProxyType({}))
     groups: Mapping[str, GroupConfig] = field(default_factory=lambda: MappingProxyType({}))
     products: Mapping[str, ProductConfig] = field(default_factory=lambda: MappingProxyType({}))
@@ -583,7 +593,7 @@ def parse_config(data: Any, path: str) -> Config:
     base_dir = os.path.dirname(os.path.abspath(path))
     top = _Section(path, "", data, None, base_dir)
     top.only(("database", "key_file", "log_dir", "runner", "retry", "dns", "ssl", "tickets",
-              "nodes", "groups", "products"))
+              "retention", "nodes", "groups", "products"))
     database = top.path("database", "/var/lib/puqdeploy/puqdeploy.db")
     key_file = top.path("key_file", os.path.join(os.path.dirname(database), "secret.key"))
     log_dir = top.path("log_dir", "/var/log/puqdeploy")
@@ -592,6 +602,7 @@ def parse_config(data: Any, path: str) -> Config:
     dns = _dns(top.section("dns"))
     ssl = _ssl(top.section("ssl"))
     tickets = _tickets(top.section("tickets"))
+    retention = _retention(top.section("retention"))
     nodes: dict[str, NodeConfig] = {}
     for name, section in top.entries("nodes"):
         nodes[name] = _node(name, section, nodes)
@@ -609,6 +620,7 @@ def parse_config(data: Any, path: str) -> Config:
         dns=dns,
         ssl=ssl,
         tickets=tickets,
+        retention=retention,
         nodes=MappingProxyType(nodes),
         groups=MappingProxyType(groups),
         products=MappingProxyType(products),
@@ -668,6 +680,16 @@ def _ssl(s: _Section) -> SslConfig:
         recheck_seconds=s.number("recheck_seconds", 300.0, above=0),
         give_up_after_hours=s.number("give_up_after_hours", 72.0, above=0),
     )
+
+
+def _retention(s: _Section) -> RetentionConfig:
+    s.only(("finished_days", "failed_days"))
+    finished = s.number("finished_days", 30.0, above=0)
+    failed = s.number("failed_days", 90.0, above=0)
+    if failed < finished:
+        raise s.error("failed_days", f"must be at least finished_days ({finished:g}): terminal "
+                                     "failures are kept longer than other history")
+    return RetentionConfig(finished_days=finished, failed_days=failed)
 
 
 def _tickets(s: _Section) -> TicketsConfig:
