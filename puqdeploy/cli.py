@@ -183,15 +183,16 @@ def status(ctx, service_id, as_json, watch) -> None:
     from puqdeploy import views
 
     conn = _store(ctx)
+    private = views.private_aliases(_config(ctx))
     if as_json:
-        _emit_json(views.status(conn, service_id))
+        _emit_json(views.status(conn, service_id, private))
         return
     from puqdeploy import render
 
     if watch:
-        render.watch_status(lambda: views.status(conn, service_id))
+        render.watch_status(lambda: views.status(conn, service_id, private))
     else:
-        render.print_status(views.status(conn, service_id))
+        render.print_status(views.status(conn, service_id, private))
 
 
 @main.command()

@@ -8,6 +8,7 @@ splash page polls `status --json` every few seconds.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import time
 from typing import Optional
@@ -53,8 +54,40 @@ def _service_row(conn: sqlite3.Connection, service_id: str):
     return row
 
 
-def status(conn: sqlite3.Connection, service_id: str) -> dict:
-    """The contract's `status --json` payload for one service."""
+def private_aliases(config) -> dict[str, str]:
+    """Node name -> what customers see instead, for nodes the operator marked `private`."""
+    return {name: "/".join(sorted(node.roles)).replace("dns", "DNS") + " server"
+            for name, node in config.nodes.items() if getattr(node, "private", False)}
+
+
+def _mask(text, aliases: dict[str, str]):
+    if not text or not aliases or not isinstance(text, str):
+        return text
+    for name, alias in aliases.items():
+        text = re.sub(rf"\b{re.escape(name)}\b", alias, text)
+    return text
+
+
+def _masked(payload: dict, aliases: dict[str, str]) -> dict:
+    """The payload with private node names replaced everywhere a customer could read them."""
+    if not aliases:
+        return payload
+    placement = payload["placement"]
+    payload["placement"] = {role: ([_mask(n, aliases) for n in v] if isinstance(v, list)
+                                   else _mask(v, aliases)) for role, v in placement.items()}
+    for task in payload["tasks"]:
+        for key in ("node", "label", "result", "last_error"):
+            task[key] = _mask(task[key], aliases)
+    for item in payload["activity"]:
+        item["message"] = _mask(item["message"], aliases)
+    payload["error"] = _mask(payload["error"], aliases)
+    return payload
+
+
+def status(conn: sqlite3.Connection, service_id: str,
+           private: Optional[dict[str, str]] = None) -> dict:
+    """The contract's `status --json` payload for one service (the customer's view: nodes the
+    operator marked private appear by role, see `private_aliases`)."""
     with store.read(conn):
         svc = _service_row(conn, service_id)
         op = conn.execute("SELECT kind FROM operations WHERE id = ?", (svc["operation_id"],)).fetchone()
@@ -65,7 +98,7 @@ def status(conn: sqlite3.Connection, service_id: str) -> dict:
     blocking = [t for t in tasks if t["blocking"]]
     done = sum(1 for t in blocking if t["state"] == "done")
     total = len(blocking)
-    return {
+    return _masked({
         "service_id": svc["id"], "product": svc["product"], "mode": svc["mode"],
         "domain": svc["domain"], "state": svc["state"],
         "operation": op["kind"] if op else None,
@@ -75,7 +108,7 @@ def status(conn: sqlite3.Connection, service_id: str) -> dict:
         "placement": json.loads(svc["placement"]),
         "tasks": [task_dict(t) for t in tasks],
         "activity": [{"at": iso(e["at"]), "message": e["message"]} for e in reversed(events)],
-    }
+    }, private or {})
 
 
 def tasks(conn: sqlite3.Connection, service_id: Optional[str] = None,
