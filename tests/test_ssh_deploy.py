@@ -433,7 +433,7 @@ def test_hung_command_is_killed_at_the_timeout_and_retried(ssh_box):
     assert "leased 2, done 2" in first.stderr, first.stderr
     runner = box.popen("run", "--once")
     try:
-        pid, started = wait_for(hung_marker, what="v-add-web-domain to hang on web1")
+        pid, _ = wait_for(hung_marker, what="v-add-web-domain to hang on web1")
         assert alive(pid)
         out, err = runner.communicate(timeout=60)
     finally:
