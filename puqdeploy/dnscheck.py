@@ -170,14 +170,17 @@ def query_authoritative(server: str, port: int, zone: str, name: str, rdtype: st
 
 
 def verify_zone(server: str, port: int, zone: str, expected: Sequence[tuple[str, str, str]],
-                timeout: float) -> list[str]:
+                timeout: float, *, min_serial: Optional[int] = None) -> list[str]:
     """Problems with `zone` as `server` serves it; an empty list means it is served right.
 
     The server must answer the zone's SOA authoritatively (NOERROR with `aa`), and for each
     expected ``(name, type, value)`` answer authoritatively with a record of that value among
     its records (other records of the same name and type are allowed: Hestia's templates add
     their own). A server that does not answer at all yields one problem that says so and no
-    others. Names follow `absolute_name`; values are compared as DNS data, not as text:
+    others. With `min_serial` (the panel's SERIAL after the last change), an older served
+    serial is a problem too: a reload returns before named has loaded the zone, so right
+    after a change a server may still serve the previous version for a moment — callers
+    should treat that as "retry shortly", not as a failure. Names follow `absolute_name`; values are compared as DNS data, not as text:
     - TXT/SPF: the strings joined, so a 2048-bit DKIM key split into 255-byte pieces matches
       the one-line value; a value in double quotes is read as zone-file text (so Hestia's
       stored ``"v=DKIM1\\; k=rsa\\; p=..."`` works), any other value is taken literally;
@@ -192,6 +195,9 @@ def verify_zone(server: str, port: int, zone: str, expected: Sequence[tuple[str,
     if not soa.ok or not soa.answers:
         what = soa.describe() if not soa.ok else "NOERROR but no SOA record"
         return [f"{zone}: SOA not served authoritatively by {server}:{port} ({what})"]
+    if min_serial is not None and (soa.serial or 0) < min_serial:
+        problems.append(f"{zone}: {server}:{port} serves serial {soa.serial}, older than "
+                        f"{min_serial} (reload not done yet?)")
     wanted: dict[tuple[str, str], list[str]] = {}
     for name, rdtype, value in expected:
         wanted.setdefault((absolute_name(zone, name), rdtype.upper()), []).append(value)

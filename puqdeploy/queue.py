@@ -84,6 +84,7 @@ busy AS (SELECT node, count(*) AS n FROM tasks WHERE state = 'running' GROUP BY 
 due AS (
     SELECT id, node, ROW_NUMBER() OVER (PARTITION BY node ORDER BY run_after, id) AS rn
     FROM tasks t WHERE state IN ('queued', 'waiting') AND run_after <= :now
+      AND id NOT IN (SELECT value FROM json_each(:exclude))
       -- an operation waits while an older one of the same service still runs a step
       -- (a terminate never deletes under a deploy step that is still running)
       AND NOT EXISTS (SELECT 1 FROM tasks r WHERE r.service_id = t.service_id
@@ -106,8 +107,13 @@ RETURNING id, service_id, operation_id, action, label, node, args, blocking, att
 
 
 def claim(conn: sqlite3.Connection, owner: str, limit: int, node_limits: Mapping[str, int],
-          lease_seconds: float, at: float | None = None) -> list[Lease]:
-    """Lease up to `limit` due tasks for `owner`, respecting per-node concurrency."""
+          lease_seconds: float, at: float | None = None,
+          exclude: Iterable[int] = ()) -> list[Lease]:
+    """Lease up to `limit` due tasks for `owner`, respecting per-node concurrency.
+
+    `exclude`: tasks this tick already attempted — a retry whose short back-off ran out while
+    the tick was still busy waits for the next tick instead of burning attempts in this one.
+    """
     if limit <= 0:
         return []
     leases: list[Lease] = []
@@ -116,7 +122,8 @@ def claim(conn: sqlite3.Connection, owner: str, limit: int, node_limits: Mapping
         # node never appear to overlap when the executions did not
         at = store.now() if at is None else at
         rows = conn.execute(_CLAIM_SQL, {
-            "limits": json.dumps(dict(node_limits)), "now": at, "owner": owner,
+            "limits": json.dumps(dict(node_limits)), "exclude": json.dumps(list(exclude)),
+            "now": at, "owner": owner,
             "expires": at + lease_seconds, "limit": limit}).fetchall()
         for row in rows:
             number = conn.execute("SELECT count(*) FROM attempts WHERE task_id = ?",

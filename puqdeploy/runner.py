@@ -149,6 +149,7 @@ class Runner:
         beat = threading.Thread(target=self._heartbeat_loop, args=(stop,), daemon=True)
         beat.start()
         running: dict[Future, Lease] = {}
+        retried: set[int] = set()  # back in the queue after a failed attempt in this tick
         first_round = True
         try:
             with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="step") as pool:
@@ -156,7 +157,8 @@ class Runner:
                     may_claim = time.monotonic() < deadline and (first_round or not self.once)
                     if may_claim and len(running) < self.workers:
                         for lease in queue.claim(conn, self.runner_id, self.workers - len(running),
-                                                 self.node_limits, self.lease_seconds):
+                                                 self.node_limits, self.lease_seconds,
+                                                 exclude=retried):
                             summary.leased += 1
                             with self._active_lock:
                                 self._active[lease.task_id] = lease
@@ -169,7 +171,10 @@ class Runner:
                         lease = running.pop(future)
                         with self._active_lock:
                             self._active.pop(lease.task_id, None)
-                        _count(summary, future.result())
+                        state = future.result()
+                        if state == "queued":
+                            retried.add(lease.task_id)
+                        _count(summary, state)
         finally:
             stop.set()
             beat.join()

@@ -38,12 +38,14 @@ from __future__ import annotations
 import base64
 import contextlib
 import ctypes
+import fcntl
 import json
 import os
 import re
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,6 +136,19 @@ def _free_port(address: str) -> int:
     raise DnsFleetError(f"no free port found on {address}")
 
 
+@contextlib.contextmanager
+def address_lock(address: str) -> Iterator[None]:
+    """Machine-wide lock of one loopback address, held from "is the port free?" until named
+    listens (and while an address is removed). Two pytest sessions on one machine would
+    otherwise both find port 53 free and both start named there: named binds with
+    SO_REUSEPORT, so both would succeed and the kernel would share the queries between two
+    servers holding different zones."""
+    path = Path(tempfile.gettempdir()) / f"puqdeploy-dnsfleet-{address}.lock"
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
 class LoopbackAddresses:
     """Adds 127.x.y.z addresses to `lo` when missing (named only listens on addresses an
     interface has) and removes, at the end, exactly those it added."""
@@ -161,8 +176,9 @@ class LoopbackAddresses:
 
     def release_all(self) -> None:
         for address in reversed(self.added):
-            subprocess.run(["ip", "addr", "del", f"{address}/32", "dev", "lo"],
-                           capture_output=True, check=False)
+            with address_lock(address):
+                subprocess.run(["ip", "addr", "del", f"{address}/32", "dev", "lo"],
+                               capture_output=True, check=False)
         self.added.clear()
 
 
@@ -256,19 +272,21 @@ class DnsServer:
         """Start named; return once it answers and serves its zones, or fail with its log."""
         if self.running:
             return
-        self.prepare()
-        for port in (self.port, self.control_port):
-            if not _port_free(self.address, port):
-                raise DnsFleetError(f"{self.address}:{port} is taken (a stale named from an "
-                                    f"earlier run?); DNS server {self.name} cannot start")
-        with open(self.log_path, "ab") as log:
-            log.write(f"---- starting named for {self.name} on {self.address}:{self.port}\n"
-                      .encode())
-            log.flush()
-            self._process = subprocess.Popen(
-                [NAMED, "-g", "-4", "-n", "1", "-c", str(self.config_path), "-u", "root"],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, preexec_fn=_die_with_parent)
-        self._wait_ready()
+        with address_lock(self.address):
+            self.prepare()
+            for port in (self.port, self.control_port):
+                if not _port_free(self.address, port):
+                    raise DnsFleetError(f"{self.address}:{port} is taken (a stale named from "
+                                        f"an earlier run?); DNS server {self.name} cannot start")
+            with open(self.log_path, "ab") as log:
+                log.write(f"---- starting named for {self.name} on {self.address}:{self.port}"
+                          "\n".encode())
+                log.flush()
+                self._process = subprocess.Popen(
+                    [NAMED, "-g", "-4", "-n", "1", "-c", str(self.config_path), "-u", "root"],
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                    preexec_fn=_die_with_parent)
+            self._wait_ready()
 
     def _wait_ready(self) -> None:
         """Poll (bounded) until a query is answered and every zone is served with `aa`."""
@@ -330,12 +348,45 @@ class DnsServer:
             self.start()
 
     def reload(self) -> None:
-        """rndc reload; raises with rndc's output and named's log when it fails."""
+        """rndc reload; raises with rndc's output and named's log when it fails.
+
+        Like HestiaCP's own reload, this returns once named has read its config, *before*
+        the changed zones are loaded (named logs "reloading zones succeeded", then "loaded
+        serial N" a few to tens of milliseconds later): wait with `wait_for_serial`."""
         proc = subprocess.run(self.reload_argv, capture_output=True, text=True, timeout=30,
                               check=False)
         if proc.returncode != 0:
             raise DnsFleetError(f"rndc reload of {self.name} failed ({proc.returncode}): "
                                 f"{proc.stderr.strip() or proc.stdout.strip()}\n{self.log}")
+
+    def wait_for_serial(self, zone: str, serial: int) -> None:
+        """Poll (bounded) until `zone` is served authoritatively at `serial` or later."""
+        from puqdeploy.dnscheck import query_authoritative
+
+        deadline = time.monotonic() + READY_SECONDS
+        while True:
+            answer = query_authoritative(self.address, self.port, zone, "@", "SOA", 0.5)
+            if answer.ok and (answer.serial or 0) >= serial:
+                return
+            if time.monotonic() > deadline:
+                raise DnsFleetError(f"{self.name} did not serve {zone} at serial {serial} "
+                                    f"within {READY_SECONDS:g} s (last answer: "
+                                    f"{answer.describe()}, serial {answer.serial}):\n{self.log}")
+            time.sleep(0.01)  # polling the reload's effect, bounded by the deadline
+
+    def wait_not_served(self, zone: str) -> None:
+        """Poll (bounded) until the server no longer answers for `zone` with authority."""
+        from puqdeploy.dnscheck import query_authoritative
+
+        deadline = time.monotonic() + READY_SECONDS
+        while True:
+            answer = query_authoritative(self.address, self.port, zone, "@", "SOA", 0.5)
+            if answer.answered and not answer.authoritative:
+                return
+            if time.monotonic() > deadline:
+                raise DnsFleetError(f"{self.name} still serves {zone} after {READY_SECONDS:g} "
+                                    f"s ({answer.describe()}):\n{self.log}")
+            time.sleep(0.01)  # polling the reload's effect, bounded by the deadline
 
 
 @dataclass
@@ -369,6 +420,18 @@ class DnsNodeServer(DnsServer):
         tmp = self.reload_json.with_name(f".reload.json.{os.getpid()}")
         tmp.write_text(json.dumps(self.reload_argv) + "\n")
         os.replace(tmp, self.reload_json)
+
+    def wait_synced(self) -> None:
+        """Wait until every zone of the node's panel that is not suspended is served at the
+        SERIAL its dns.conf holds: the state after a v-* command's reload has taken effect."""
+        from puqdeploy.sandbox import hestia_sim
+
+        panel = hestia_sim.Panel(str(self.node_dir), {})
+        for user in panel.all_users():
+            for zone in panel.objects(user, "dns"):
+                if zone.get("SUSPENDED") != "yes":
+                    self.wait_for_serial(hestia_sim.ascii_name(zone["DOMAIN"]),
+                                         int(zone.get("SERIAL") or 0))
 
     def detach(self) -> None:
         """Stop and take the reload hook away: the node is a plain sandbox node again."""
@@ -441,21 +504,13 @@ class ResolverServer(DnsServer):
 
     def _publish(self) -> None:
         """New serial, new files, reload, then wait until the new serial is served."""
-        from puqdeploy.dnscheck import query_authoritative
-
         self._serial += 1
         self._write_zones()
         if not self.running:
             return  # served from the files at the next start
         self.reload()
-        deadline = time.monotonic() + READY_SECONDS
-        while time.monotonic() < deadline:
-            if all(query_authoritative(self.address, self.port, zone, "@", "SOA", 0.5).serial
-                   == self._serial for zone in self.zones):
-                return
-            time.sleep(0.02)  # polling the reload's effect, bounded by the deadline
-        raise DnsFleetError(f"resolver did not serve serial {self._serial} within "
-                            f"{READY_SECONDS:g} s:\n{self.log}")
+        for zone in self.zones:
+            self.wait_for_serial(zone, self._serial)
 
 
 class DnsNodeServers:

@@ -132,6 +132,7 @@ def test_zone_is_served_authoritatively_with_soa_a_mx_and_long_dkim(served):
     node, server = served
     node.ok("v-add-dns-domain", "excom", "example.com", WEB_IP)
     node.ok("v-add-mail-domain", "excom", "example.com")  # publishes DKIM into the zone
+    server.wait_synced()
 
     soa = ask(server, "@", "SOA")
     assert soa.ok and soa.authoritative and soa.rcode == "NOERROR"
@@ -155,17 +156,19 @@ def test_zone_is_served_authoritatively_with_soa_a_mx_and_long_dkim(served):
     expected = expected_from_panel(node.records())
     assert len(expected) == 16
     assert dnscheck.verify_zone(server.address, server.port, "example.com", expected,
-                                TIMEOUT) == []
+                                TIMEOUT, min_serial=node.serial()) == []
 
 
 @pytest.mark.dns
 def test_added_record_bumps_the_serial_and_is_served_after_the_reload(served):
     node, server = served
     node.ok("v-add-dns-domain", "excom", "example.com", WEB_IP)
+    server.wait_synced()
     before = ask(server, "@", "SOA").serial
     assert ask(server, "shop", "A").rcode == "NXDOMAIN"
 
     node.ok("v-add-dns-record", "excom", "example.com", "shop", "A", "127.0.77.9")
+    server.wait_synced()
     assert ask(server, "@", "SOA").serial == before + 1 == node.serial()
     shop = ask(server, "shop", "A")
     assert shop.ok and shop.answers == ("127.0.77.9",) and shop.ttl == 14400
@@ -174,6 +177,7 @@ def test_added_record_bumps_the_serial_and_is_served_after_the_reload(served):
 
     shop_id = next(i for i, r in node.records().items() if r["RECORD"] == "shop")
     node.ok("v-delete-dns-record", "excom", "example.com", shop_id)
+    server.wait_synced()
     assert ask(server, "@", "SOA").serial == before + 2
     gone = ask(server, "shop", "A")
     assert gone.rcode == "NXDOMAIN" and gone.authoritative
@@ -184,15 +188,21 @@ def test_added_record_bumps_the_serial_and_is_served_after_the_reload(served):
 
 
 @pytest.mark.dns
-def test_wrong_value_is_a_problem_that_shows_what_is_served(served):
+def test_wrong_value_or_old_serial_is_a_problem_that_shows_what_is_served(served):
     node, server = served
     node.ok("v-add-dns-domain", "excom", "example.com", WEB_IP)
+    server.wait_synced()
     problems = dnscheck.verify_zone(
         server.address, server.port, "example.com",
         [("@", "A", "127.0.77.200"), ("@", "MX", "mail.example.com"),
          ("_imaps._tcp", "SRV", "0 993 mail.example.com"), ("www", "CNAME", "EXAMPLE.COM")],
         TIMEOUT)
     assert problems == [f"example.com. A: expected '127.0.77.200', served: {WEB_IP}"]
+    serial = node.serial()
+    assert dnscheck.verify_zone(server.address, server.port, "example.com", [], TIMEOUT,
+                                min_serial=serial + 1) == [
+        f"example.com: {server.address}:{server.port} serves serial {serial}, older than "
+        f"{serial + 1} (reload not done yet?)"]
 
 
 @pytest.mark.dns
@@ -206,6 +216,7 @@ def test_record_ttl_and_txt_quoting_reach_the_server(served):
     node.ok("v-add-dns-record", "excom", "example.com", "@", "CAA", '0 issue "letsencrypt.org"')
     node.ok("v-add-dns-record", "excom", "example.com", "short", "A", "127.0.77.7", "", "", "",
             "60")
+    server.wait_synced()
     assert ask(server, "single", "TXT").answers == ('"it\'s"',)
     assert ask(server, "_verify", "TXT").answers == ('"token one; two"',)
     assert ask(server, "@", "CAA").answers == ('0 issue "letsencrypt.org"',)
@@ -225,8 +236,10 @@ def test_record_ttl_and_txt_quoting_reach_the_server(served):
 def test_deleted_zone_is_refused_not_authoritative(served):
     node, server = served
     node.ok("v-add-dns-domain", "excom", "example.com", WEB_IP)
+    server.wait_synced()
     assert ask(server, "@", "SOA").ok
     node.ok("v-delete-dns-domain", "excom", "example.com")
+    server.wait_not_served("example.com")
     soa = ask(server, "@", "SOA")
     assert soa.answered and soa.rcode == "REFUSED" and not soa.authoritative
     assert not node.zone_file.exists() and '"example.com"' not in node.zones_conf.read_text()
@@ -240,9 +253,12 @@ def test_deleted_zone_is_refused_not_authoritative(served):
 def test_suspended_user_zone_is_withdrawn_and_unsuspending_restores_it(served):
     node, server = served
     node.ok("v-add-dns-domain", "excom", "example.com", WEB_IP)
+    server.wait_synced()
     node.ok("v-suspend-user", "excom")
+    server.wait_not_served("example.com")
     assert ask(server, "@", "SOA").rcode == "REFUSED"
     node.ok("v-unsuspend-user", "excom")
+    server.wait_synced()
     assert ask(server, "@", "A").answers == (WEB_IP,)
 
 
@@ -251,8 +267,11 @@ def test_deleting_the_user_removes_its_zones_from_the_server(served):
     node, server = served
     node.ok("v-add-dns-domain", "excom", "example.com", WEB_IP)
     node.ok("v-add-dns-domain", "excom", "example.org", WEB_IP)
+    server.wait_synced()
     assert ask(server, "@", "SOA", zone="example.org").ok
     node.ok("v-delete-user", "excom")
+    for zone in ("example.com", "example.org"):
+        server.wait_not_served(zone)
     assert ask(server, "@", "SOA").rcode == "REFUSED"
     assert ask(server, "@", "SOA", zone="example.org").rcode == "REFUSED"
     assert list((node.path / "bind" / "zones").iterdir()) == []
@@ -262,6 +281,7 @@ def test_deleting_the_user_removes_its_zones_from_the_server(served):
 def test_stopped_server_is_not_answering_and_the_sim_exits_e_restart(served):
     node, server = served
     node.ok("v-add-dns-domain", "excom", "example.com", WEB_IP)
+    server.wait_synced()
     with server.stopped():
         started = time.monotonic()
         problems = dnscheck.verify_zone(server.address, server.port, "example.com",
@@ -276,6 +296,7 @@ def test_stopped_server_is_not_answering_and_the_sim_exits_e_restart(served):
         assert proc.stdout == "Error: bind9 restart failed\n"
         assert "connection refused" in proc.stderr
         assert any(r["RECORD"] == "late" for r in node.records().values())
+    server.wait_synced()
     assert ask(server, "late", "A").answers == ("127.0.77.8",)  # loaded at the restart
 
 
@@ -283,12 +304,14 @@ def test_stopped_server_is_not_answering_and_the_sim_exits_e_restart(served):
 def test_restart_no_leaves_the_server_on_the_old_zone_until_a_reload(served):
     node, server = served
     node.ok("v-add-dns-domain", "excom", "example.com", WEB_IP)
+    server.wait_synced()
     before = ask(server, "@", "SOA").serial
     node.ok("v-add-dns-record", "excom", "example.com", "quiet", "A", "127.0.77.6", "", "", "no")
     assert "quiet" in node.zone_file.read_text()  # files written...
     assert ask(server, "@", "SOA").serial == before  # ...but no reload
     assert ask(server, "quiet", "A").rcode == "NXDOMAIN"
     server.reload()
+    server.wait_synced()
     assert ask(server, "quiet", "A").answers == ("127.0.77.6",)
 
 
@@ -425,6 +448,7 @@ def test_timing_of_one_record_change_with_and_without_a_reload(node, dns_node_se
     server = dns_node_servers.start_for(node.path, NODE_ADDRESS)
     try:
         reloading = median_add("reload")
+        server.wait_synced()
         assert ask(server, "reload4", "A").answers == ("127.0.77.3",)
     finally:
         server.detach()

@@ -104,7 +104,9 @@ def execute(fn: StepFn, ctx: StepContext) -> Outcome:
         return Retry(str(exc), timeout=True)
     except TransportError as exc:
         ctx.log("error", f"connection problem: {exc}")
-        return Retry(f"node {ctx.node.name if ctx.node else '?'} unreachable: {exc}")
+        name = ctx.node.name if ctx.node else "?"
+        detail = str(exc).removeprefix(f"node {name}: ")  # SSH errors already name the node
+        return Retry(f"node {name} unreachable: {detail}")
     except PermanentTransportError as exc:
         ctx.log("error", str(exc))
         return Fail(str(exc))
