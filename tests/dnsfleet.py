@@ -199,6 +199,7 @@ class DnsServer:
     control_port: int = 0
     _secret: str = field(default="", repr=False)
     _process: Optional[subprocess.Popen] = field(default=None, repr=False)
+    _reserved: list = field(default_factory=list, repr=False)
 
     # -- paths and state
     @property
@@ -273,6 +274,7 @@ class DnsServer:
         if self.running:
             return
         with address_lock(self.address):
+            self._release_ports()
             self.prepare()
             for port in (self.port, self.control_port):
                 if not _port_free(self.address, port):
@@ -311,7 +313,7 @@ class DnsServer:
                     return
                 continue
             time.sleep(0.02)  # polling the readiness condition, bounded by the deadline
-        self.stop()
+        self._terminate()  # not stop(): the caller holds the address lock
         raise DnsFleetError(f"named for {self.name} did not serve {pending[0]!r} on "
                             f"{self.address}:{self.port} within {READY_SECONDS:g} s "
                             f"(last answer: {last.describe() if last else 'none'}):\n{self.log}")
@@ -326,10 +328,18 @@ class DnsServer:
             return False
 
     def stop(self) -> None:
-        """Stop named (SIGTERM: it closes its sockets and exits); the port is free after."""
+        """Stop named (SIGTERM: it closes its sockets and exits), as if the machine went
+        away: queries time out. Its ports stay reserved (bound, never answered) so that
+        start() brings it back on the same ports even if another server starts meanwhile."""
+        if self._terminate():
+            with address_lock(self.address):
+                self._reserve_ports()
+
+    def _terminate(self) -> bool:
+        """End the named process, if any; True when there was one."""
         process, self._process = self._process, None
         if process is None:
-            return
+            return False
         if process.poll() is None:
             process.terminate()
         try:
@@ -337,6 +347,30 @@ class DnsServer:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=STOP_SECONDS)
+        return True
+
+    def close(self) -> None:
+        """Stop for good: the ports are released too."""
+        self.stop()
+        self._release_ports()
+
+    def _reserve_ports(self) -> None:
+        for port in (self.port, self.control_port):
+            for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                sock = socket.socket(socket.AF_INET, kind)
+                if kind == socket.SOCK_STREAM:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    sock.bind((self.address, port))
+                except OSError:  # taken already: start() will say so
+                    sock.close()
+                    continue
+                self._reserved.append(sock)
+
+    def _release_ports(self) -> None:
+        for sock in self._reserved:
+            sock.close()
+        self._reserved.clear()
 
     @contextlib.contextmanager
     def stopped(self) -> Iterator["DnsServer"]:
@@ -435,7 +469,7 @@ class DnsNodeServer(DnsServer):
 
     def detach(self) -> None:
         """Stop and take the reload hook away: the node is a plain sandbox node again."""
-        self.stop()
+        self.close()
         self.reload_json.unlink(missing_ok=True)
 
 
@@ -591,7 +625,7 @@ def dns_resolver_server(tmp_path_factory: pytest.TempPathFactory,
             pytest.fail(f"the test resolver could not start: {exc}", pytrace=False)
         yield server
     finally:
-        server.stop()
+        server.close()
 
 
 @pytest.fixture

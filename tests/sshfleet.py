@@ -43,6 +43,7 @@ FLEET_NODES = {
     "mail1": ("127.0.77.2", ["mail"]),
     "ns1": ("127.0.77.3", ["dns"]),
     "ns2": ("127.0.77.4", ["dns"]),
+    "host1": ("127.0.77.5", ["web", "mail"]),  # the sandbox's Unified node
 }
 READY_SECONDS = 15.0
 STOP_SECONDS = 10.0

@@ -46,6 +46,12 @@ def _suspended(panels, users) -> dict:
 
 @pytest.mark.parametrize("mode", sorted(MODES))
 def test_lifecycle_of_each_mode(sandbox, mode):
+    lifecycle_scenario(sandbox, mode)
+
+
+def lifecycle_scenario(sandbox, mode: str) -> None:
+    """create -> suspend -> unsuspend -> change-package -> change-password -> terminate,
+    checking every node's panel after each step (shared with the SSH fleet test)."""
     product, domain, users = MODES[mode]
     sandbox.edit_config(ssl={"enabled": False})
     pristine = _panels(sandbox)
