@@ -154,6 +154,11 @@ def test_change_package_below_usage_fails_terminally_with_the_reason(sandbox):
 
 
 def test_terminate_while_the_deploy_runs_leaves_nothing_behind(sandbox):
+    terminate_during_deploy_scenario(sandbox)
+
+
+def terminate_during_deploy_scenario(sandbox) -> None:
+    """Terminate while the deploy still runs: nothing is left on any node afterwards."""
     from tests.test_crash import _wait_for
 
     sandbox.edit_config(ssl={"enabled": False})

@@ -9,7 +9,7 @@ import yaml
 
 from puqdeploy.sandbox.fleet import write_sandbox
 from tests.conftest import Sandbox
-from tests.test_lifecycle_sandbox import MODES, lifecycle_scenario
+from tests.test_lifecycle_sandbox import MODES, lifecycle_scenario, terminate_during_deploy_scenario
 
 SSH_NODES = ("web1", "mail1", "ns1", "ns2", "host1")
 
@@ -33,3 +33,7 @@ def ssh_sandbox(tmp_path: Path, ssh_fleet) -> Sandbox:
 @pytest.mark.parametrize("mode", sorted(MODES))
 def test_lifecycle_of_each_mode_over_ssh(ssh_sandbox, mode):
     lifecycle_scenario(ssh_sandbox, mode)
+
+
+def test_terminate_while_the_deploy_runs_over_ssh(ssh_sandbox):
+    terminate_during_deploy_scenario(ssh_sandbox)
