@@ -165,13 +165,6 @@ def interleaved(commands: dict[str, Callable[[int], Sequence[str]]], repeat: int
     return samples
 
 
-def wait4(proc: subprocess.Popen) -> tuple[int, Any]:
-    """Reap `proc` and return (exit status, its own rusage) — ru_maxrss of that child only."""
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, usage
-
-
 # --------------------------------------------------------------------------- configs
 
 

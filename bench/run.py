@@ -223,7 +223,7 @@ def fig_throughput(world: World, args) -> list[FigureResult]:
     profile = str(wd / "drain-profile.txt") if args.profile else None
     puq = throughput.drain_puqdeploy(world.script, drain_cfg, world.env, wd / "fleet" / "drain.db", n)
     puq_rate = puq["done"] / puq["wall_s"]
-    log(f"puqdeploy: {puq['summary']} ({puq_rate:.0f} tasks/s, wall {puq['wall_s']:.1f} s)")
+    log(f"puqdeploy: {puq['summary']} ({puq_rate:.0f} tasks/s, wall {puq['wall_s']:.1f} s, exit {puq['exit']})")
     rates = {}
     raw = {"puqdeploy": puq, "tasks": n}
     for kind in ("huey", "litequeue", "raw", "rawbatch"):
@@ -244,6 +244,8 @@ def fig_throughput(world: World, args) -> list[FigureResult]:
         res.details.append(f"pyinstrument profile of the drain: {profile}")
     kept = (puq["attempt_rows"] == n and set(puq["lease_tokens"]) == {1} and puq["journal_mode"] == "wal")
     note = (f"{n:,} tasks; puqdeploy {puq_rate:.0f}/s (whole process {puq['wall_s']:.1f} s)")
+    if puq["exit"] != 0 or puq["done"] != n:
+        note += f"; THE TICK EXITED {puq['exit']} after {puq['done']:,} done: {puq['summary']}"
     if "huey" in rates:
         ratio = puq_rate / rates["huey"]
         res.rows.append(Row("queue throughput vs Huey", f"{ratio:.2f}× ({puq_rate:.0f} vs {rates['huey']:.0f} tasks/s)",
@@ -256,7 +258,7 @@ def fig_throughput(world: World, args) -> list[FigureResult]:
         if kind in rates:
             res.rows.append(Row(label, f"{puq_rate / rates[kind]:.2f}× ({rates[kind]:.0f} tasks/s)", "info", None))
     res.rows.append(Row("memory: peak RSS of the drain", f"{puq['max_rss_mib']:.0f} MiB", "≤ 100 MiB",
-                        puq["max_rss_mib"] <= 100, f"{n:,} tasks, one process (os.wait4)"))
+                        puq["max_rss_mib"] <= 100, f"{n:,} tasks, one process ({puq['rss_source']})"))
     from puqdeploy import store
     import inspect
 

@@ -36,7 +36,7 @@ def measure(python: str, script: Path, workdir: Path, env: dict, services: int, 
     summary = proc.stderr.decode().strip().splitlines()[-1]
     nodes = {}
     for node_dir in sorted((config_path.parent / "nodes").iterdir()):
-        entries = [e for e in read_command_log(node_dir) if e["start"] >= started - 1]
+        entries = [e for e in read_command_log(node_dir) if e["start"] >= started]
         if not entries:
             continue
         entries.sort(key=lambda e: e["start"])

@@ -22,9 +22,18 @@ import sys
 import time
 from pathlib import Path
 
-HEAVY = ("paramiko", "rich", "dns", "cryptography", "puqdeploy.runner", "puqdeploy.ssh_transport",
-         "puqdeploy.render", "puqdeploy.steps", "puqdeploy.orders", "puqdeploy.pipeline",
-         "puqdeploy.config")
+# What each command must not import (its path does not need it). The idle tick's rule is the
+# issue's: "nothing but the store is imported when nothing is due" (the CLI and the config, which
+# names the database, are unavoidable).
+NEVER = ("paramiko", "rich", "dns", "puqdeploy.runner", "puqdeploy.ssh_transport",
+         "puqdeploy.render", "puqdeploy.steps", "puqdeploy.hestia", "puqdeploy.remote")
+NOT_FOR = {
+    "create": NEVER + ("puqdeploy.views",),
+    "status": NEVER + ("cryptography", "puqdeploy.orders", "puqdeploy.pipeline", "puqdeploy.queue",
+                       "puqdeploy.outcomes", "puqdeploy.secretbox"),
+    "idle": NEVER + ("cryptography", "puqdeploy.orders", "puqdeploy.pipeline", "puqdeploy.queue",
+                     "puqdeploy.outcomes", "puqdeploy.secretbox", "puqdeploy.views"),
+}
 
 _IMPORT_LINE = re.compile(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)")
 
@@ -45,16 +54,23 @@ def import_report(name: str, argv: list[str], floor: dict, env: dict) -> tuple[l
     mods = imports(argv, env)
     extra = {m: v for m, v in mods.items() if m not in floor}
     extra_us = sum(v[0] for v in extra.values())
-    heavy = sorted({m for m in mods for h in HEAVY if m == h or m.startswith(h + ".")})
+    banned = NOT_FOR.get(name, NEVER)
+    unwanted = sorted(m for m in mods if any(m == b or m.startswith(b + ".") for b in banned))
+    # collapse packages: "cryptography (19 modules)"
+    shown: dict[str, int] = {}
+    for m in unwanted:
+        top = next(b for b in banned if m == b or m.startswith(b + "."))
+        shown[top] = shown.get(top, 0) + 1
     ours = sorted(m for m in mods if m.startswith("puqdeploy"))
     top = sorted(extra.items(), key=lambda kv: -kv[1][0])[:12]
     lines = [f"{name}: {len(mods)} modules ({len(extra)} beyond the floor, their own import time "
-             f"{extra_us / 1000:.1f} ms); puqdeploy modules: {', '.join(ours) or '-'}",
-             "    not needed here but imported: " + (", ".join(h for h in heavy if not h.startswith("puqdeploy.config")) or "none"),
+             f"{extra_us / 1000:.1f} ms under -X importtime); puqdeploy modules: {', '.join(ours) or '-'}",
+             "    imported although this path does not need them: "
+             + (", ".join(f"{k} ({v} modules)" if v > 1 else k for k, v in shown.items()) or "none"),
              "    biggest beyond the floor (self ms): "
              + ", ".join(f"{m} {v[0] / 1000:.1f}" for m, v in top)]
     return lines, {"modules": len(mods), "extra_modules": len(extra), "extra_self_ms": extra_us / 1000,
-                   "puqdeploy_modules": ours, "heavy": heavy}
+                   "puqdeploy_modules": ours, "unwanted": sorted(shown)}
 
 
 # --------------------------------------------------------------------------- phases (child side)

@@ -7,7 +7,7 @@ with WAL and `synchronous=FULL` (an fsync per commit), one after the other in th
   NULL: no per-node limit) with everything a real task gets: lease + token (fencing), one
   attempt row per attempt, the attempt's log lines, the outcome, the DAG/operation bookkeeping,
   FULL sync. Wall time of the whole process (interpreter start included); peak RSS of that
-  process (os.wait4) is the memory figure.
+  process (GNU time's %M, see `drain_puqdeploy`) is the memory figure.
 - **Huey** (`SqliteHuey(fsync=True)`: huey's own switch, it runs `PRAGMA synchronous=2`, i.e.
   FULL, on its connection; journal_mode WAL is its default): N no-op tasks enqueued, then a
   `Consumer(workers=1, worker_type='thread')` drains them; drain = consumer start until the
@@ -175,8 +175,6 @@ def _child_main(argv: list[str]) -> None:
 
 
 def run_child(kind: str, db: Path, n: int, env: dict) -> dict:
-    from bench.common import wait4
-
     proc = subprocess.Popen([sys.executable, "-m", "bench.throughput", kind, str(db), str(n)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, err = proc.communicate()
@@ -190,20 +188,45 @@ _SUMMARY = re.compile(r"leased (\d+), done (\d+).* in ([\d.]+) s")
 
 def drain_puqdeploy(script: Path, config_path: Path, env: dict, db: Path, n: int,
                     profile: str | None = None) -> dict:
-    """One `puqdeploy run` draining the no-op database; wall time, its own peak RSS, checks."""
-    from bench.common import wait4
+    """One `puqdeploy run` draining the no-op database: wall time, peak RSS, what it kept.
+
+    Peak RSS comes from GNU time (`/usr/bin/time -f %M`): a small process that fork()s and
+    exec()s the drain. Measuring it from this driver with wait4/getrusage would be wrong on
+    Linux: subprocess starts children with vfork, and the kernel carries the parent's RSS high
+    water mark over the exec, so the child would "peak" at whatever this driver holds.
+    Without GNU time, /proc/PID/status VmHWM is polled every 20 ms instead (said in the result).
+    """
+    import shutil as _shutil
 
     argv = [str(script), "--config", str(config_path), "run", "--budget", "600"]
     if profile:
         argv = [sys.executable, "-m", "pyinstrument", "-o", profile, "-r", "text", *argv]
+    rss_file = Path(f"{db}.maxrss")
+    gnu_time = _shutil.which("time", path="/usr/bin:/bin")
+    if gnu_time:
+        argv = [gnu_time, "-f", "%M", "-o", str(rss_file), *argv]
     started = time.perf_counter()
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    rc, usage = wait4(proc)
-    wall = time.perf_counter() - started
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    hwm = [0]
+    if not gnu_time:
+        def poll() -> None:
+            while proc.poll() is None:
+                try:
+                    for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+                        if line.startswith("VmHWM:"):
+                            hwm[0] = max(hwm[0], int(line.split()[1]))
+                except OSError:
+                    pass
+                time.sleep(0.02)
+        threading.Thread(target=poll, daemon=True).start()
     err = proc.stderr.read().decode(errors="replace")
-    proc.stdout.read()
-    if rc != 0:
-        raise RuntimeError(f"puqdeploy run failed ({rc}): {err[-2000:]}")
+    rc = proc.wait()
+    wall = time.perf_counter() - started
+    max_rss_kib = hwm[0]
+    if gnu_time and rss_file.exists():
+        numbers = [line for line in rss_file.read_text().split() if line.isdigit()]
+        max_rss_kib = int(numbers[-1]) if numbers else 0
+    lines = [line for line in err.strip().splitlines() if line.startswith(("puqdeploy run:", "Error:"))]
     match = _SUMMARY.search(err)
     conn = sqlite3.connect(db)
     states = dict(conn.execute("SELECT state, count(*) FROM tasks GROUP BY state").fetchall())
@@ -212,10 +235,11 @@ def drain_puqdeploy(script: Path, config_path: Path, env: dict, db: Path, n: int
     logs = conn.execute("SELECT count(*) FROM attempt_logs").fetchone()[0]
     journal = conn.execute("PRAGMA journal_mode").fetchone()[0]
     conn.close()
-    return {"wall_s": wall, "tick_s": float(match.group(3)) if match else None,
+    return {"wall_s": wall, "exit": rc, "tick_s": float(match.group(3)) if match else None,
             "done": states.get("done", 0), "states": states, "attempt_rows": attempts,
             "lease_tokens": tokens, "log_lines": logs, "journal_mode": journal,
-            "max_rss_mib": usage.ru_maxrss / 1024, "summary": err.strip().splitlines()[-1] if err.strip() else ""}
+            "max_rss_mib": max_rss_kib / 1024, "rss_source": "GNU time %M" if gnu_time else "VmHWM polling",
+            "summary": " / ".join(lines) or err.strip()[-300:]}
 
 
 if __name__ == "__main__":

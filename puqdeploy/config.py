@@ -127,6 +127,7 @@ class DnsConfig:
     resolvers: tuple[str, ...] = ("1.1.1.1", "9.9.9.9")
     port: int = 53
     timeout_seconds: float = 3.0
+    verify_zones: bool = True  # after writing a zone, require each DNS node to serve it
 
 
 @dataclass(frozen=True)
@@ -191,6 +192,7 @@ class NodeConfig:
     connect_timeout_seconds: float = 10.0
     keepalive_seconds: float = 15.0
     private: bool = False
+    dns_port: int = 53  # where this node's DNS server answers (zone verification)
 
     def __post_init__(self) -> None:
         # Objects built by hand (tests, the sandbox writer) get the same shapes as loaded ones.
@@ -658,7 +660,7 @@ def _retry(s: _Section) -> RetryConfig:
 
 
 def _dns(s: _Section) -> DnsConfig:
-    s.only(("resolvers", "port", "timeout_seconds"))
+    s.only(("resolvers", "port", "timeout_seconds", "verify_zones"))
     resolvers = s.strings("resolvers", ("1.1.1.1", "9.9.9.9"), min_len=1)
     checked = []
     for item in resolvers:
@@ -670,6 +672,7 @@ def _dns(s: _Section) -> DnsConfig:
         resolvers=tuple(checked),
         port=s.integer("port", 53, lo=1, hi=65535),
         timeout_seconds=s.number("timeout_seconds", 3.0, above=0),
+        verify_zones=s.boolean("verify_zones", True),
     )
 
 
@@ -721,6 +724,7 @@ _NODE_KEYS = (
     "host", "ip", "port", "user", "key_file", "password", "known_hosts", "host_key", "sudo",
     "transport", "hestia_bin", "roles", "capacity", "active", "max_concurrency",
     "command_timeout_seconds", "connect_timeout_seconds", "keepalive_seconds", "private",
+    "dns_port",
 )
 
 
@@ -794,6 +798,7 @@ def _node(name: str, s: _Section, earlier: Mapping[str, NodeConfig]) -> NodeConf
         connect_timeout_seconds=s.number("connect_timeout_seconds", 10.0, above=0),
         keepalive_seconds=s.number("keepalive_seconds", 15.0, lo=0),
         private=s.boolean("private", False),
+        dns_port=s.integer("dns_port", 53, lo=1, hi=65535),
     )
 
 

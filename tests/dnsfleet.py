@@ -80,6 +80,7 @@ options {{
     notify no;
     dnssec-validation no;
     interface-interval 0;
+    automatic-interface-scan no;
 }};
 include "{zones_conf}";
 """
@@ -151,10 +152,17 @@ def address_lock(address: str) -> Iterator[None]:
 
 class LoopbackAddresses:
     """Adds 127.x.y.z addresses to `lo` when missing (named only listens on addresses an
-    interface has) and removes, at the end, exactly those it added."""
+    interface has) and removes them again when the last test session using them ends.
+
+    "Last" across processes: two pytest sessions on one machine may use the same address,
+    and named drops its listener the moment its address leaves the interface, so a session
+    must not remove an address another one still serves on. Each session holds a shared
+    flock on the address's users file while it uses it; the address is removed only by a
+    session that can then take that lock exclusively, and only if this fleet added it (a
+    marker file says so: an address that was there before is never removed)."""
 
     def __init__(self) -> None:
-        self.added: list[str] = []
+        self.held: dict[str, object] = {}
 
     @staticmethod
     def present(address: str) -> bool:
@@ -162,9 +170,19 @@ class LoopbackAddresses:
                               capture_output=True, text=True, check=False)
         return re.search(rf"\binet {re.escape(address)}/", proc.stdout) is not None
 
+    @staticmethod
+    def _file(address: str, kind: str) -> Path:
+        return Path(tempfile.gettempdir()) / f"puqdeploy-dnsfleet-{address}.{kind}"
+
     def ensure(self, address: str) -> None:
+        """Make sure `address` is on lo for as long as this session runs (call it holding
+        `address_lock(address)`, as DnsServer.start does)."""
         if not address.startswith("127."):
             raise DnsFleetError(f"test DNS servers listen on loopback only, not {address}")
+        if address not in self.held:
+            users = open(self._file(address, "users"), "a")
+            fcntl.flock(users, fcntl.LOCK_SH)
+            self.held[address] = users
         if self.present(address):
             return
         proc = subprocess.run(["ip", "addr", "add", f"{address}/32", "dev", "lo"],
@@ -172,14 +190,25 @@ class LoopbackAddresses:
         if proc.returncode != 0 and not self.present(address):
             raise DnsFleetError(f"cannot add {address} to lo (needs root): "
                                 f"{proc.stderr.strip() or proc.stdout.strip()}")
-        self.added.append(address)
+        self._file(address, "added").touch()
 
     def release_all(self) -> None:
-        for address in reversed(self.added):
+        """Let go of every address; remove those this fleet added that nobody else uses."""
+        for address, users in self.held.items():
             with address_lock(address):
-                subprocess.run(["ip", "addr", "del", f"{address}/32", "dev", "lo"],
-                               capture_output=True, check=False)
-        self.added.clear()
+                try:
+                    fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    pass  # another session still serves there: it removes it when done
+                else:
+                    marker = self._file(address, "added")
+                    if marker.exists():
+                        subprocess.run(["ip", "addr", "del", f"{address}/32", "dev", "lo"],
+                                       capture_output=True, check=False)
+                        marker.unlink()
+                finally:
+                    users.close()
+        self.held.clear()
 
 
 # --------------------------------------------------------------------------- servers
@@ -331,9 +360,11 @@ class DnsServer:
         """Stop named (SIGTERM: it closes its sockets and exits), as if the machine went
         away: queries time out. Its ports stay reserved (bound, never answered) so that
         start() brings it back on the same ports even if another server starts meanwhile."""
-        if self._terminate():
-            with address_lock(self.address):
-                self._reserve_ports()
+        if self._process is None:
+            return
+        with address_lock(self.address):  # no other server may slip in between
+            self._terminate()
+            self._reserve_ports()
 
     def _terminate(self) -> bool:
         """End the named process, if any; True when there was one."""

@@ -38,7 +38,9 @@ runner: {{budget_seconds: 55, workers: 8, lease_seconds: 60}}
 retry: {{max_attempts: 5, base_seconds: 2, factor: 2, max_seconds: 30, jitter: 0.1}}
 # Nothing answers DNS on this port: Auto-SSL waits, as it would before the customer's domain
 # points at the web node. Point `resolvers` at a real resolver to see certificates issued.
-dns: {{resolvers: [127.0.0.1], port: 53535, timeout_seconds: 0.5}}
+# verify_zones is off: the simulated DNS nodes have no DNS server answering (the test suite
+# starts real ones, see tests/dnsfleet.py).
+dns: {{resolvers: [127.0.0.1], port: 53535, timeout_seconds: 0.5, verify_zones: false}}
 ssl: {{recheck_seconds: 60, give_up_after_hours: 1}}
 nodes:
 {nodes}

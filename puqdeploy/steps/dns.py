@@ -7,7 +7,7 @@ records it lacks are added: re-running the step never doubles a record.
 
 from __future__ import annotations
 
-from puqdeploy.outcomes import Done, Outcome
+from puqdeploy.outcomes import Done, Outcome, Retry
 from puqdeploy.steps.accounts import ensure_user, group_nameservers
 from puqdeploy.steps.base import StepContext, combine, step
 from puqdeploy.steps.web import _verb
@@ -45,7 +45,8 @@ def dns_zone(ctx: StepContext) -> Outcome:
     present = {record_key(r.get("RECORD", ""), r.get("TYPE", ""), r.get("VALUE", ""),
                           r.get("PRIORITY", "")) for r in ctx.panel.list_dns_records(user, domain)}
     added = 0
-    for record in zone_records(ctx):
+    wanted = zone_records(ctx)
+    for record in wanted:
         if record.key() in present:
             continue
         ctx.panel.add_dns_record(user, domain, record.name, record.type, record.value,
@@ -53,6 +54,33 @@ def dns_zone(ctx: StepContext) -> Outcome:
         present.add(record.key())
         added += 1
     results.append("created" if added else "already present")
+    if ctx.config.dns.verify_zones and "dns" in ctx.node.roles:
+        problem = verify_served(ctx, wanted)
+        if problem:
+            return Retry(problem)
     result = combine(results)
     detail = f", {added} record(s) added" if added else ""
     return Done(result, f"DNS zone {domain} {_verb(result)} on {ctx.node.name}{detail}")
+
+
+VERIFIED_TYPES = ("NS", "A", "MX", "TXT")
+
+
+def verify_served(ctx: StepContext, records: list[Record]) -> str | None:
+    """Ask the node's own DNS server (its `ip`, `dns_port`) for the zone: an authoritative SOA
+    and the key records must come back. None when served; otherwise why not (the step retries:
+    a reload may still be under way, or the name server is down)."""
+    from puqdeploy.dnscheck import verify_zone
+
+    expected = [(r.name, r.type, f"{r.priority} {r.value}".strip() if r.priority else r.value)
+                for r in records if r.type in VERIFIED_TYPES]
+    problems = verify_zone(ctx.node.ip, ctx.node.dns_port, ctx.service.domain, expected,
+                           ctx.config.dns.timeout_seconds)
+    for problem in problems:
+        ctx.log("check", problem)
+    if not problems:
+        ctx.log("check", f"{ctx.node.ip}:{ctx.node.dns_port} serves {ctx.service.domain} "
+                         f"authoritatively ({len(expected)} records checked)")
+        return None
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return f"{ctx.node.name} does not serve {ctx.service.domain} yet: {problems[0]}{more}"
