@@ -42,6 +42,11 @@ def _box(config):
     return SecretBox.from_file(config.key_file)
 
 
+def remove_db(path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
 def create_services(config_path: Path, ids: list[str], *, product: str = "sandbox-split",
                     synchronous: str = "FULL") -> None:
     """`create` in-process (the same function the CLI calls) for each id; domain = ID.test."""
@@ -71,6 +76,7 @@ def template_db(python: str, script: Path, config_path: Path, env: dict, service
     """Deploy `services` Split services for real on the sandbox (see module docstring)."""
     from puqdeploy import orders
 
+    remove_db(_config(config_path).database)
     init_db(python, config_path, env)
     ids = [f"sb{i:05d}" for i in range(services)]
     started = time.monotonic()
@@ -197,6 +203,7 @@ def noop_db(python: str, config_path: Path, env: dict, tasks: int, services: int
     Each service is created by `orders.create_service` (valid rows whatever the schema holds);
     its deploy tasks are then replaced by no-op tasks in the same operation, all due now.
     """
+    remove_db(_config(config_path).database)
     init_db(python, config_path, env)
     ids = [f"noop{i:05d}" for i in range(services)]
     create_services(config_path, ids)

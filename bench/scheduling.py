@@ -28,6 +28,7 @@ def measure(python: str, script: Path, workdir: Path, env: dict, services: int, 
     from puqdeploy.sandbox.node import read_command_log
 
     config_path = write_sandbox(workdir / "fleet-sched", delay=delay)
+    builders.remove_db(config_path.parent / "puqdeploy.db")
     init_db(python, config_path, env)
     builders.create_services(config_path, [f"sched{i:03d}" for i in range(services)])
     started = time.time()

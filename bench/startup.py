@@ -221,8 +221,9 @@ def query_plans(small_db: Path, big_db: Path, small_sid: str, big_sid: str, node
                          f"(x{t_big / t_small if t_small else 0:.1f})")
             lines += ["    " + p for p in explain(conn_b, sql)]
             raw.setdefault(group, []).append({"sql": first, "small_ms": t_small * 1e3, "big_ms": t_big * 1e3})
-    claim_params = {"limits": json.dumps(node_limits), "now": time.time(), "owner": "bench",
-                    "expires": time.time() + 300, "limit": 8}
+    known = {"limits": json.dumps(node_limits), "exclude": "[]", "now": time.time(), "owner": "bench",
+             "expires": time.time() + 300, "limit": 8}
+    claim_params = {name: known.get(name, None) for name in set(re.findall(r":(\w+)", queue._CLAIM_SQL))}
     lines.append("[claim: queue._CLAIM_SQL (plan on the big database)]")
     lines += ["    " + p for p in explain(conn_b, queue._CLAIM_SQL, claim_params)]
     conn_s.close()

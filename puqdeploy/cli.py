@@ -16,7 +16,7 @@ from typing import Optional
 
 import click
 
-from puqdeploy.errors import OperationalError, PuqError, UsageError
+from puqdeploy.errors import PuqError, UsageError
 
 DEFAULT_CONFIG = "/etc/puqdeploy/config.yaml"
 

@@ -20,7 +20,7 @@ import random
 import sqlite3
 import time
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Optional
+from typing import Iterable, Mapping, Optional, Protocol
 
 from puqdeploy import store
 from puqdeploy.outcomes import Done, Fail, Outcome, Retry, Wait
@@ -57,25 +57,25 @@ class Lease:
     wait_deadline: Optional[float]
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential back-off with jitter and a cap (the config's `retry:` block)."""
+class RetryPolicy(Protocol):
+    """The config's `retry:` block (puqdeploy.config.RetryConfig) as the queue reads it."""
 
-    max_attempts: int = 8
-    base_seconds: float = 30.0
-    factor: float = 2.0
-    max_seconds: float = 3600.0
-    jitter: float = 0.1
+    max_attempts: int
+    base_seconds: float
+    factor: float
+    max_seconds: float
+    jitter: float
 
-    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
-        """Seconds before retry number `attempt` (1 = after the first failure).
 
-        min(cap, base * factor^(attempt-1)), then scaled by a uniform factor in
-        [1 - jitter, 1 + jitter] so that tasks failing together do not retry together.
-        """
-        rng = rng or random
-        raw = min(self.max_seconds, self.base_seconds * self.factor ** max(0, attempt - 1))
-        return raw * (1 + rng.uniform(-self.jitter, self.jitter))
+def backoff_delay(policy: RetryPolicy, attempt: int, rng: random.Random | None = None) -> float:
+    """Seconds before retry number `attempt` (1 = after the first failure).
+
+    min(cap, base * factor^(attempt-1)), then scaled by a uniform factor in
+    [1 - jitter, 1 + jitter] so that tasks failing together do not retry together.
+    """
+    rng = rng or random
+    raw = min(policy.max_seconds, policy.base_seconds * policy.factor ** max(0, attempt - 1))
+    return raw * (1 + rng.uniform(-policy.jitter, policy.jitter))
 
 
 _CLAIM_SQL = """
@@ -191,7 +191,7 @@ def finish(conn: sqlite3.Connection, lease: Lease, outcome: Outcome, policy: Ret
                 return _go_terminal(conn, lease.task_id, lease.service_id, at,
                                     f"gave up after {lease.attempt} attempts: {outcome.error}",
                                     tickets)
-            delay = policy.delay(lease.attempt, rng)
+            delay = backoff_delay(policy, lease.attempt, rng)
             _set_task(conn, lease, "queued", at, run_after=at + delay, error=outcome.error,
                       finished=False)
             return "queued"

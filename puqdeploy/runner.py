@@ -29,7 +29,7 @@ from typing import Optional
 from puqdeploy import queue, store
 from puqdeploy.hestia import Panel
 from puqdeploy.outcomes import Done, Fail, Outcome, Retry, Wait
-from puqdeploy.queue import Lease, RetryPolicy
+from puqdeploy.queue import Lease
 from puqdeploy.remote import Transport, open_transport
 from puqdeploy.secretbox import SecretBox
 from puqdeploy.steps import base
@@ -104,7 +104,7 @@ class Runner:
     rng: random.Random = field(default_factory=random.Random)
 
     def __post_init__(self) -> None:
-        self.policy = RetryPolicy(**vars_of(self.config.retry))
+        self.policy = self.config.retry
         self.lease_seconds = self.config.runner.lease_seconds
         self.node_limits = {name: node.max_concurrency for name, node in self.config.nodes.items()}
         self._local = threading.local()
@@ -280,8 +280,3 @@ def _count(summary: TickSummary, state: Optional[str]) -> None:
         summary.waiting += 1
     elif state == "failed":
         summary.failed += 1
-
-
-def vars_of(obj) -> dict:
-    """Fields of a frozen config dataclass as keyword arguments."""
-    return {name: getattr(obj, name) for name in obj.__dataclass_fields__}

@@ -10,6 +10,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,20 @@ from puqdeploy.sandbox.fleet import write_sandbox
 
 ROOT = Path(__file__).resolve().parent.parent
 
-pytest_plugins = ["tests.sshfleet"]
+pytest_plugins = ["tests.sshfleet", "tests.whmcs_fake"]
+
+
+def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
+    """Poll real state (the database, files) until `predicate()` is truthy; fail after `timeout`.
+
+    Polling an observable event, not sleeping a guessed time: returns as soon as it holds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 @dataclass

@@ -8,17 +8,7 @@ import signal
 import time
 
 from puqdeploy.sandbox.node import clear_faults, read_panel, set_faults
-
-
-def _wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
-    """Poll a condition on real state (the database) until it holds; fail after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+from tests.conftest import wait_for
 
 
 def _kill_hung_commands(node_dir) -> None:
@@ -45,7 +35,7 @@ def test_killed_runner_is_rescued_and_service_still_ends_active(sandbox):
             "JOIN attempt_logs l ON l.attempt_id = a.id WHERE t.action = 'web.domain' "
             "AND t.state = 'running' AND l.line LIKE '$ v-add-web-domain%'").fetchone()
 
-    task_id, _ = _wait_for(hung_attempt, what="the web.domain step to start its command")
+    task_id, _ = wait_for(hung_attempt, what="the web.domain step to start its command")
     os.kill(runner.pid, signal.SIGKILL)
     runner.communicate()
     _kill_hung_commands(sandbox.node("web1"))
@@ -58,7 +48,7 @@ def test_killed_runner_is_rescued_and_service_still_ends_active(sandbox):
     if time.time() < expires:
         assert conn.execute("SELECT state FROM tasks WHERE id = ?", (task_id,)).fetchone()[0] == "running"
         assert "rescued 0" in early.stderr or "nothing due" in early.stderr
-    _wait_for(lambda: time.time() > expires + 0.05, timeout=30, what="the lease to expire")
+    wait_for(lambda: time.time() > expires + 0.05, timeout=30, what="the lease to expire")
 
     proc = sandbox.cli("run", check=True)
     rescued = int(proc.stderr.split("rescued ")[1].split()[0])

@@ -159,7 +159,7 @@ def test_terminate_while_the_deploy_runs_leaves_nothing_behind(sandbox):
 
 def terminate_during_deploy_scenario(sandbox) -> None:
     """Terminate while the deploy still runs: nothing is left on any node afterwards."""
-    from tests.test_crash import _wait_for
+    from tests.conftest import wait_for
 
     sandbox.edit_config(ssl={"enabled": False})
     pristine = _panels(sandbox)
@@ -169,7 +169,7 @@ def terminate_during_deploy_scenario(sandbox) -> None:
                 "--domain", "example.com", check=True)
     runner = sandbox.popen("run")
     conn = sandbox.db()
-    _wait_for(lambda: conn.execute("SELECT count(*) FROM tasks WHERE state = 'done'").fetchone()[0] >= 1,
+    wait_for(lambda: conn.execute("SELECT count(*) FROM tasks WHERE state = 'done'").fetchone()[0] >= 1,
               what="the deploy to be under way")
     out = json.loads(sandbox.cli("terminate", "T1", "--json", check=True).stdout)
     assert out["created"] is True and out["queued_behind"] is False

@@ -11,7 +11,7 @@ import random
 import pytest
 
 from puqdeploy import orders, queue, store
-from puqdeploy.config import load_config
+from puqdeploy.config import RetryConfig, load_config
 from puqdeploy.outcomes import Done, Fail, Retry, Wait
 from puqdeploy.secretbox import SecretBox
 
@@ -29,9 +29,8 @@ def env(sandbox):
     return config, conn, limits
 
 
-def _policy(config) -> queue.RetryPolicy:
-    r = config.retry
-    return queue.RetryPolicy(r.max_attempts, r.base_seconds, r.factor, r.max_seconds, r.jitter)
+def _policy(config) -> RetryConfig:
+    return config.retry
 
 
 def _task(conn, action):
@@ -180,8 +179,8 @@ def test_wait_uses_no_attempt_and_gives_up_at_the_deadline(env):
 
 
 def test_retry_policy_caps_the_delay():
-    policy = queue.RetryPolicy(max_attempts=20, base_seconds=30, factor=2, max_seconds=3600, jitter=0.1)
+    policy = RetryConfig(max_attempts=20, base_seconds=30, factor=2, max_seconds=3600, jitter=0.1)
     rng = random.Random(1)
-    delays = [policy.delay(n, rng) for n in range(1, 15)]
+    delays = [queue.backoff_delay(policy, n, rng) for n in range(1, 15)]
     assert max(delays) <= 3600 * 1.1
     assert delays[-1] >= 3600 * 0.9

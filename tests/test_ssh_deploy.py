@@ -20,7 +20,7 @@ import stat
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import pytest
 import yaml
@@ -34,7 +34,8 @@ from puqdeploy.sandbox.node import (
     set_faults,
 )
 from puqdeploy.ssh_transport import fingerprint
-from tests.conftest import Sandbox
+from tests.test_split_sandbox import _norm, expected_zone
+from tests.conftest import Sandbox, wait_for
 from tests.sshfleet import generate_key
 
 NODES = ("web1", "mail1", "ns1", "ns2")
@@ -44,17 +45,6 @@ TMP_FILE = re.compile(r"/tmp/puqdeploy-[A-Za-z0-9_]+")
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 30.0, what: str = "condition"):
-    """Poll a condition on real state until it holds; fail loudly after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 def alive(pid: int) -> bool:
@@ -155,26 +145,6 @@ def _service_part(panel: dict, owned: bool) -> dict:
     return part
 
 
-def _plain(value: str) -> str:
-    value = value.strip()
-    return value[1:-1] if len(value) >= 2 and value[0] == value[-1] == '"' else value
-
-
-def expected_zone(dkim: str) -> list[tuple[str, str, str, str]]:
-    """What the Split zone of example.com must hold on every DNS node, each record once."""
-    return sorted([
-        ("@", "NS", "ns1.sandbox.test.", ""), ("@", "NS", "ns2.sandbox.test.", ""),
-        ("@", "A", "127.0.77.1", ""),
-        ("www", "CNAME", "example.com.", ""), ("ftp", "CNAME", "example.com.", ""),
-        ("mail", "A", "127.0.77.2", ""), ("webmail", "CNAME", "mail.example.com.", ""),
-        ("@", "MX", "mail.example.com.", "10"),
-        ("@", "TXT", "v=spf1 a mx ip4:127.0.77.2 -all", ""),
-        ("_dmarc", "TXT", "v=DMARC1; p=quarantine; pct=100", ""),
-        ("mail._domainkey", "TXT", dkim, ""),
-        ("@", "CAA", '0 issue "letsencrypt.org"', ""),
-    ])
-
-
 def snapshot(box: Sandbox) -> dict:
     return {name: read_panel(box.node(name)) for name in NODES}
 
@@ -207,7 +177,7 @@ def assert_split_panels(box: Sandbox, baseline: dict) -> dict:
         assert dns["web"] == {} and dns["mail"] == {}
         assert list(dns["dns"]["examplecom-dns"]) == ["example.com"]
         zone = dns["dns"]["examplecom-dns"]["example.com"]
-        records = sorted((r["record"], r["type"], _plain(r["value"]), str(r["priority"] or ""))
+        records = sorted((r["record"], r["type"], _norm(r["value"]), str(r["priority"] or ""))
                          for r in zone)
         assert records == expected_zone(dkim), ns
     return panels

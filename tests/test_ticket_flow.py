@@ -7,7 +7,6 @@ import json
 import time
 
 from puqdeploy.sandbox.node import set_faults
-from tests.whmcs_fake import whmcs_server  # noqa: F401  (fixture)
 
 
 def _enable_tickets(sandbox, server) -> None:

@@ -26,7 +26,7 @@ from puqdeploy.tickets import (
     reply_message,
     subject,
 )
-from tests.whmcs_fake import SECRET, FakeWhmcs, whmcs_server  # noqa: F401 - fixture
+from tests.whmcs_fake import SECRET, FakeWhmcs
 
 LOG_TAIL = [f"[17:19:{i:02d}] v-add-web-domain examplecom-web example.com: line {i}"
             for i in range(18)] + ["Error: web domain example.com exists", "exit 4"]

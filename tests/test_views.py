@@ -14,7 +14,7 @@ import time
 
 from puqdeploy.sandbox.node import set_faults
 from tests.conftest import ROOT
-from tests.test_crash import _wait_for
+from tests.conftest import wait_for
 
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 TASK_STATES = {"pending", "queued", "running", "waiting", "done", "failed", "cancelled"}
@@ -59,7 +59,7 @@ def _deploying(sandbox, delay: float = 0.3):
                 "--domain", "example.com", check=True)
     runner = sandbox.popen("run")
     conn = sandbox.db()
-    _wait_for(lambda: conn.execute("SELECT count(*) FROM tasks WHERE state = 'done'").fetchone()[0] >= 2,
+    wait_for(lambda: conn.execute("SELECT count(*) FROM tasks WHERE state = 'done'").fetchone()[0] >= 2,
               what="two steps done")
     return runner, conn
 
@@ -124,7 +124,7 @@ def test_log_follow_prints_lines_as_they_come_and_exits_when_the_attempt_ends(sa
                 "--domain", "example.com", check=True)
     runner = sandbox.popen("run")
     conn = sandbox.db()
-    task_id = _wait_for(lambda: (conn.execute(
+    task_id = wait_for(lambda: (conn.execute(
         "SELECT t.id FROM tasks t JOIN attempts a ON a.task_id = t.id JOIN attempt_logs l "
         "ON l.attempt_id = a.id WHERE t.action = 'web.domain' AND l.line LIKE '$ v-add-web-domain%'"
     ).fetchone() or [None])[0], what="the streaming command to start")
