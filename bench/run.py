@@ -220,7 +220,13 @@ def fig_throughput(world: World, args) -> list[FigureResult]:
     drain_cfg = common.config_variant(cfg, "drain.yaml", database="drain.db")
     info = builders.noop_db(world.python, drain_cfg, world.env, n, 1)
     log(f"puqdeploy: draining {n:,} no-op tasks with one `puqdeploy run` ...")
-    profile = str(wd / "drain-profile.txt") if args.profile else None
+    profile = None
+    if args.profile:
+        profile = str(wd / "drain-profile.txt")
+        import subprocess as _sp
+
+        if _sp.run([sys.executable, "-c", "import pyinstrument"], capture_output=True).returncode:
+            _sp.run([sys.executable, "-m", "pip", "install", "--quiet", "pyinstrument"], check=True)
     puq = throughput.drain_puqdeploy(world.script, drain_cfg, world.env, wd / "fleet" / "drain.db", n)
     puq_rate = puq["done"] / puq["wall_s"]
     log(f"puqdeploy: {puq['summary']} ({puq_rate:.0f} tasks/s, wall {puq['wall_s']:.1f} s, exit {puq['exit']})")

@@ -21,7 +21,7 @@ from puqdeploy.sandbox.fleet import write_sandbox
 
 ROOT = Path(__file__).resolve().parent.parent
 
-pytest_plugins = ["tests.sshfleet", "tests.whmcs_fake"]
+pytest_plugins = ["tests.sshfleet", "tests.whmcs_fake", "tests.dnsfleet"]
 
 
 def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):

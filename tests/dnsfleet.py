@@ -15,21 +15,31 @@ Two kinds of server, both `DnsServer`s (address, port, start(), stop(), log, rel
 Every server runs ``named -g -c CONF -u root`` in the foreground, with its own directory, an
 rndc control channel with its own key, ``recursion no``, on its own loopback address. named
 only listens on addresses assigned to an interface, so a missing 127.x address is added to
-`lo` (``ip addr add A/32 dev lo``, as root) and removed again at the end of the session. The
-DNS port is 53 ($PUQDEPLOY_TEST_DNS_PORT overrides it); when that port is taken on the
-address, a free one is used instead — read `server.port`, never assume 53.
+`lo` (``ip addr add A/32 dev lo``, as root) and removed when the last session using it ends.
+The DNS port is 53 ($PUQDEPLOY_TEST_DNS_PORT overrides it); when that port is taken on the
+address, a free one is used instead — read `server.port`, never assume 53. Several pytest
+sessions may run on one machine at once: starts are serialised per address (`address_lock`)
+and a stopped server keeps its ports reserved, so no two servers ever share a port.
 
 Readiness is awaited, not slept for: start() returns once the server answers a query and
 serves every zone it was given with the `aa` flag, or fails with named's log (bounded by
 READY_SECONDS). Never skipped: if named cannot run, the fixture fails with named's own log,
 because a green run that silently left out the DNS tests would be worse than a red one.
 
+A reload (rndc reload, which the sim's commands run) returns once named has read its config
+but *before* it has loaded the changed zones — real HestiaCP behaves the same. So after a
+v-* command, wait for its effect (`server.wait_synced()`: every zone of the node's panel
+served at its dns.conf SERIAL; `server.wait_not_served(zone)` after a removal) before
+asserting on answers; puqdeploy's own verification must likewise retry an older serial.
+
 Usage:
     def test_x(dns_node_servers, test_resolver):
         server = dns_node_servers.start_for(node_dir, "127.0.77.3")
+        ...run v-add-dns-record through node_dir/bin...
+        server.wait_synced()
         dnscheck.verify_zone(server.address, server.port, "example.com", [...], 2.0)
         with server.stopped(): ...                 # down inside the block, back after it
-        test_resolver.set_a("example.com", "127.0.77.1")
+        test_resolver.set_a("example.com", "127.0.77.1")   # returns once it is served
         dnscheck.resolve_a("example.com", [test_resolver.address], test_resolver.port)
 """
 

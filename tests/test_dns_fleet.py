@@ -23,7 +23,6 @@ from puqdeploy import dnscheck
 from puqdeploy.sandbox import hestia_sim
 from puqdeploy.sandbox.node import install_node, read_command_log
 
-pytest_plugins = ["tests.dnsfleet"]
 
 NODE_ADDRESS = "127.0.77.131"  # not a sandbox/ssh-fleet node address: no clash with them
 WEB_IP = "127.0.77.1"
