@@ -105,22 +105,14 @@ def template_db(python: str, script: Path, config_path: Path, env: dict, service
 def add_future_services(config_path: Path, db: Path, count: int = 5, prefix: str = "later") -> None:
     """`count` freshly created services whose queued tasks are due only tomorrow (a back-off):
     an idle tick must find nothing due although the due index is not empty."""
-    from puqdeploy.config import load_config
+    from bench.common import config_variant
 
-    config = load_config(str(config_path))
-    from dataclasses import replace
-
-    config = replace(config, database=str(db))
-    from puqdeploy import orders
-
-    conn = _store().connect(str(db))
-    box = _box(config)
-    for i in range(count):
-        orders.create_service(conn, config, box, service_id=f"{prefix}{i}", product="sandbox-split",
-                              domain=f"{prefix}{i}.test")
-    tomorrow = time.time() + 86400
+    variant = config_variant(config_path, f".future-{db.stem}.yaml", database=db.name)
+    create_services(variant, [f"{prefix}{i}" for i in range(count)])
+    variant.unlink()
+    conn = sqlite3.connect(db, isolation_level=None)
     conn.execute("UPDATE tasks SET run_after = ?, last_error = 'bench: retry tomorrow' "
-                 "WHERE state IN ('queued', 'waiting')", (tomorrow,))
+                 "WHERE state IN ('queued', 'waiting')", (time.time() + 86400,))
     conn.close()
 
 

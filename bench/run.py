@@ -300,6 +300,9 @@ def fig_scheduling(world: World) -> list[FigureResult]:
                         "the issue's denominator"))
     res.rows.append(Row("… ÷ measured serial work", f"{r['ratio_measured']:.2f} ({r['wall_s']:.1f} s ÷ "
                         f"Σ command time {r['measured_serial_s']:.1f} s)", "info", None))
+    res.rows.append(Row("… ÷ serial floor (+ interpreter starts)", f"{r['ratio_floor']:.2f} ({r['wall_s']:.1f} s ÷ "
+                        f"{r['serial_floor_s']:.1f} s; {r['start_cost_s'] * 1000:.0f} ms start per command)",
+                        "info", None))
     res.details.append(f"scheduling: {r['summary']}; task states {r['task_states']}")
     for name, n in r["nodes"].items():
         res.details.append(f"  {name}: {n['commands']} commands, busy {n['busy_s']:.1f} s, span {n['span_s']:.1f} s, "

@@ -9,6 +9,9 @@ Two denominators, both from the busiest node's NODE/commands.log:
   pays a Python interpreter start (~20–30 ms, outside the logged start..end), which no scheduler
   can remove; it is in the wall time but not in this denominator.
 - measured: Σ(end − start) of its commands (the delay plus the simulator's own work).
+- serial floor: measured + commands × the start cost of one simulated command (a bare serial
+  loop's wall time per command minus its logged duration, measured on the same node): the
+  time the busiest node's commands take back to back with no scheduler at all.
 
 Also reported: the busiest node's busy span (first start .. last end), the idle gaps between its
 consecutive commands (what the runner and the interpreter starts cost there), and whether any
@@ -53,6 +56,8 @@ def measure(python: str, script: Path, workdir: Path, env: dict, services: int, 
     busiest = max(nodes, key=lambda n: nodes[n]["commands"])
     b = nodes[busiest]
     nominal = b["commands"] * delay
+    startup = _start_cost(config_path.parent / "nodes" / busiest)
+    floor = b["busy_s"] + b["commands"] * startup
     import sqlite3
 
     conn = sqlite3.connect(config_path.parent / "puqdeploy.db")
@@ -61,4 +66,25 @@ def measure(python: str, script: Path, workdir: Path, env: dict, services: int, 
     return {"services": services, "delay_s": delay, "wall_s": wall, "summary": summary,
             "busiest": busiest, "nodes": nodes, "nominal_serial_s": nominal,
             "measured_serial_s": b["busy_s"], "ratio_nominal": wall / nominal,
-            "ratio_measured": wall / b["busy_s"], "task_states": states}
+            "ratio_measured": wall / b["busy_s"], "start_cost_s": startup, "serial_floor_s": floor,
+            "ratio_floor": wall / floor, "task_states": states}
+
+
+def _start_cost(node_dir: Path, runs: int = 20) -> float:
+    """What one simulated command costs outside its logged start..end (exec of the wrapper,
+    interpreter start, imports): median wall time of a bare serial invocation minus its logged
+    duration, on the same node with the same delay."""
+    import json
+    import statistics
+    import subprocess
+
+    extra = []
+    program = node_dir / "bin" / "v-list-user"
+    log = node_dir / "commands.log"
+    for _ in range(runs):
+        t = time.perf_counter()
+        subprocess.run([str(program), "admin", "json"], capture_output=True)
+        wall = time.perf_counter() - t
+        entry = json.loads(log.read_text().splitlines()[-1])
+        extra.append(wall - (entry["end"] - entry["start"]))
+    return statistics.median(extra)

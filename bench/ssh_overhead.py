@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import socket
 import time
-from dataclasses import replace
 from pathlib import Path
-from types import MappingProxyType
 
 from bench.common import Sample
 
@@ -64,7 +62,10 @@ def measure(workdir: Path, runs: int, tasks: int, skip_bashrc: bool, log) -> dic
     sshd = BenchSSHD(workdir / ("sshd-light" if skip_bashrc else "sshd-bashrc"),
                      skip_bashrc=skip_bashrc).start()
     try:
-        node = sshd.node_config(str(bin_dir))
+        config_path = _config(workdir, sshd, bin_dir)
+        from puqdeploy.config import load_config
+
+        node = load_config(str(config_path)).nodes["bench1"]
         bare = _bare_transport(sshd)
         puq = SSHTransport(node)
         command = Command("v-bench-true")
@@ -84,7 +85,7 @@ def measure(workdir: Path, runs: int, tasks: int, skip_bashrc: bool, log) -> dic
                 puq_s.values.append(p)
         out = {"bare": bare_s, "puqdeploy": puq_s, "port": sshd.port}
         if tasks:
-            out["task"] = _task_level(workdir, node, tasks, log)
+            out["task"] = _task_level(config_path, tasks)
         puq.close()
         bare.close()
         return out
@@ -92,9 +93,24 @@ def measure(workdir: Path, runs: int, tasks: int, skip_bashrc: bool, log) -> dic
         sshd.stop()
 
 
-def _task_level(workdir: Path, node, tasks: int, log) -> dict:
-    """`tasks` queued tasks, each one SSH command via Panel.run, drained by one Runner tick."""
+def _config(workdir: Path, sshd, bin_dir: Path) -> Path:
+    """The sandbox config plus node `bench1`: this sshd, key, known_hosts, max_concurrency 1."""
+    from bench.common import config_variant, load_yaml, write_sandbox
+
+    sandbox = write_sandbox(workdir / "fleet")
+    nodes = load_yaml(sandbox)["nodes"]
+    nodes["bench1"] = {"host": sshd.address, "ip": sshd.address, "port": sshd.port, "user": "root",
+                       "key_file": str(sshd.client_key), "known_hosts": str(sshd.known_hosts),
+                       "transport": "ssh", "hestia_bin": str(bin_dir), "roles": ["web"],
+                       "max_concurrency": 1, "command_timeout_seconds": 60}
+    return config_variant(sandbox, "ssh.yaml", nodes=nodes, database="ssh.db")
+
+
+def _task_level(config_path: Path, tasks: int) -> dict:
+    """`tasks` queued tasks, each one SSH command via Panel.run, drained by one Runner tick
+    (in this process, so the benchmark's step can be registered)."""
     import sqlite3
+    import sys
 
     from puqdeploy import store
     from puqdeploy.config import load_config
@@ -102,22 +118,19 @@ def _task_level(workdir: Path, node, tasks: int, log) -> dict:
     from puqdeploy.runner import Runner
     from puqdeploy.steps import base
 
+    from bench import builders
+    from bench.common import benchmark_env
+
     @base.step("bench.ssh_true")
     def ssh_true(ctx):  # registered in this process only: the benchmark's trivial SSH step
         ctx.panel.run("v-bench-true")
         return Done("done")
 
-    from bench import builders
-    from bench.common import benchmark_env, write_sandbox
-    import sys
-
-    config_path = write_sandbox(workdir / "fleet")
     builders.noop_db(sys.executable, config_path, benchmark_env(), tasks, 1)
     config = load_config(str(config_path))
     conn = sqlite3.connect(config.database, isolation_level=None)
-    conn.execute("UPDATE tasks SET action = 'bench.ssh_true', node = ?", (node.name,))
+    conn.execute("UPDATE tasks SET action = 'bench.ssh_true', node = 'bench1'")
     conn.close()
-    config = replace(config, nodes=MappingProxyType({**config.nodes, node.name: node}))
     runner = Runner(config, workers=1, budget=600)
     started = time.perf_counter()
     summary = runner.tick()

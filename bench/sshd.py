@@ -125,12 +125,3 @@ class BenchSSHD:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-
-    def node_config(self, hestia_bin: str, name: str = "bench1"):
-        from puqdeploy.config import NodeConfig
-
-        return NodeConfig(name=name, host=self.address, ip=self.address, port=self.port, user="root",
-                          key_file=str(self.client_key), known_hosts=str(self.known_hosts),
-                          transport="ssh", hestia_bin=hestia_bin, roles=frozenset({"web"}),
-                          connect_timeout_seconds=5.0, command_timeout_seconds=60.0,
-                          keepalive_seconds=15.0)

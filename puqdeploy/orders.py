@@ -99,7 +99,8 @@ def create_service(conn: sqlite3.Connection, config, box, *, service_id: str, pr
         other = conn.execute("SELECT id FROM services WHERE domain = ? AND state != 'terminated'",
                              (domain,)).fetchone()
         if other is not None:
-            raise ConflictError(f"domain {domain} is already served by service {other['id']}")
+            # bad input, not an id conflict (exit 3 is reserved for "same id, other parameters")
+            raise UsageError(f"domain {domain} is already served by service {other['id']}")
         limits = {**product_cfg.limits, **overrides}
         placement = pipeline.place(config, product_cfg, node_load(conn), domain, limits)
         names = _usernames(conn, pipeline.usernames_for(product_cfg.mode, placement), domain,

@@ -242,8 +242,9 @@ def _on_done(conn: sqlite3.Connection, lease: Lease, outcome: Done, at: float) -
 def _on_wait(conn: sqlite3.Connection, lease: Lease, outcome: Wait, at: float,
              tickets: bool = False) -> str:
     deadline = lease.wait_deadline or at + outcome.deadline_seconds
-    if at >= deadline:
-        _end_attempt(conn, lease.attempt_id, at, "fail", outcome.reason)
+    if at >= deadline:  # giving up is not an attempt either: waiting never uses attempts
+        _end_attempt(conn, lease.attempt_id, at, "fail", outcome.reason, counted=False)
+        conn.execute("UPDATE tasks SET attempts = attempts - 1 WHERE id = ?", (lease.task_id,))
         return _go_terminal(conn, lease.task_id, lease.service_id, at,
                             f"gave up waiting: {outcome.reason}", tickets)
     _end_attempt(conn, lease.attempt_id, at, "wait", outcome.reason, counted=False)
