@@ -49,7 +49,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--keep", action="store_true", help="keep the workdir afterwards")
     ap.add_argument("--markdown", action="store_true", help="also print the table as markdown")
     ap.add_argument("--profile", action="store_true",
-                    help="also profile the drain with pyinstrument (slower; written to the workdir)")
+                    help="also profile the drain's main thread with pyinstrument (a second drain; "
+                    "report written to the workdir)")
     ap.add_argument("--drain-tasks", type=int, help="override the number of no-op tasks")
     return ap.parse_args(argv)
 
@@ -170,7 +171,7 @@ def fig_startup_and_scale(world: World, want: set[str]) -> list[FigureResult]:
         floor_mods = startup.imports(floor[1:], world.env)
         for key, argv in (("create", commands["create"](9999)), ("idle", commands["idle"](0)),
                           ("status", commands["status"](0))):
-            lines, raw = startup.import_report(key, argv[0:1] + argv[1:], floor_mods, world.env)
+            lines, raw = startup.import_report(key, list(argv), floor_mods, world.env)
             res.details += lines
             res.raw[key]["imports"] = raw
         for kind, cfg, sid in (("create", world.create_cfg, "phase"), ("idle", world.small_cfg, "-"),
@@ -208,6 +209,10 @@ def fig_startup_and_scale(world: World, want: set[str]) -> list[FigureResult]:
     return out
 
 
+def _x(ratio: float) -> str:
+    return f"{ratio:.2f}×" if ratio >= 0.1 else f"{ratio:.2g}×"
+
+
 def fig_throughput(world: World, args) -> list[FigureResult]:
     from bench import builders, throughput
 
@@ -218,7 +223,7 @@ def fig_throughput(world: World, args) -> list[FigureResult]:
     wd.mkdir(exist_ok=True)
     cfg = common.write_sandbox(wd / "fleet")
     drain_cfg = common.config_variant(cfg, "drain.yaml", database="drain.db")
-    info = builders.noop_db(world.python, drain_cfg, world.env, n, 1)
+    builders.noop_db(world.python, drain_cfg, world.env, n, 1)
     log(f"puqdeploy: draining {n:,} no-op tasks with one `puqdeploy run` ...")
     profile = None
     if args.profile:
@@ -244,7 +249,7 @@ def fig_throughput(world: World, args) -> list[FigureResult]:
         rates[kind] = r["tasks"] / r["drain_s"]
         log(f"{kind}: {rates[kind]:.0f} tasks/s" + (f" (enqueue {n / r['enqueue_s']:.0f}/s)" if "enqueue_s" in r else ""))
     if profile:
-        info = builders.noop_db(world.python, drain_cfg, world.env, n, 1)
+        builders.noop_db(world.python, drain_cfg, world.env, n, 1)
         throughput.drain_puqdeploy(world.script, drain_cfg, world.env, wd / "fleet" / "drain.db", n,
                                    profile=profile)
         res.details.append(f"pyinstrument profile of the drain: {profile}")
@@ -254,7 +259,7 @@ def fig_throughput(world: World, args) -> list[FigureResult]:
         note += f"; THE TICK EXITED {puq['exit']} after {puq['done']:,} done: {puq['summary']}"
     if "huey" in rates:
         ratio = puq_rate / rates["huey"]
-        res.rows.append(Row("queue throughput vs Huey", f"{ratio:.2f}× ({puq_rate:.0f} vs {rates['huey']:.0f} tasks/s)",
+        res.rows.append(Row("queue throughput vs Huey", f"{_x(ratio)} ({puq_rate:.0f} vs {rates['huey']:.0f} tasks/s)",
                             "≥ 1.5×", ratio >= 1.5, note))
     else:
         res.rows.append(Row("queue throughput vs Huey", "n/a (huey missing)", "≥ 1.5×", None, note))
@@ -262,7 +267,7 @@ def fig_throughput(world: World, args) -> list[FigureResult]:
                         ("raw", "… vs raw SQL claim+ack, 1/tx (ceiling)"),
                         ("rawbatch", "… vs raw SQL claim+ack, 100/tx")):
         if kind in rates:
-            res.rows.append(Row(label, f"{puq_rate / rates[kind]:.2f}× ({rates[kind]:.0f} tasks/s)", "info", None))
+            res.rows.append(Row(label, f"{_x(puq_rate / rates[kind])} ({rates[kind]:.0f} tasks/s)", "info", None))
     res.rows.append(Row("memory: peak RSS of the drain", f"{puq['max_rss_mib']:.0f} MiB", "≤ 100 MiB",
                         puq["max_rss_mib"] <= 100, f"{n:,} tasks, one process ({puq['rss_source']})"))
     from puqdeploy import store

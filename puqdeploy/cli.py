@@ -192,7 +192,8 @@ def status(ctx, service_id, as_json, watch) -> None:
     if watch:
         render.watch_status(lambda: views.status(conn, service_id, private))
     else:
-        render.print_status(views.status(conn, service_id, private))
+        render.print_status(views.status(conn, service_id, private),
+                            views.history(conn, service_id))
 
 
 @main.command()

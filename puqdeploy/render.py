@@ -79,8 +79,27 @@ def status_view(payload: dict):
     return Group(*parts)
 
 
-def print_status(payload: dict) -> None:
-    _console().print(status_view(payload))
+def history_view(operations: list[dict]):
+    """Earlier operations (superseded plans, finished lifecycle operations), newest first."""
+    table = Table(title="Earlier operations", title_justify="left", expand=False)
+    for column in ("operation", "step", "node", "state", "tries", "started", "took"):
+        table.add_column(column, no_wrap=column != "step", style="dim")
+    table.add_column("result / last error", overflow="fold", style="dim")
+    for op in operations:
+        title = f"#{op['operation_id']} {op['kind']} ({op['state']})"
+        for index, task in enumerate(op["tasks"]):
+            outcome = task["result"] if task["state"] == "done" else (task["last_error"] or task["result"] or "")
+            table.add_row(title if index == 0 else "", task["label"], task["node"] or "-", task["state"],
+                          f"{task['attempts']}/{task['max_attempts']}", _hms(task["started_at"]),
+                          _dur(task["duration_s"]), outcome)
+    return table
+
+
+def print_status(payload: dict, earlier: list[dict] | None = None) -> None:
+    console = _console()
+    console.print(status_view(payload))
+    if earlier:
+        console.print(history_view(earlier))
 
 
 def watch_status(fetch: Callable[[], dict], interval: float = 1.0,

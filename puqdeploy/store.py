@@ -152,6 +152,8 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE operations ADD COLUMN ticket TEXT;
     CREATE INDEX operations_open ON operations(service_id, state) WHERE state IN ('queued', 'running');
     CREATE INDEX tasks_service_running ON tasks(service_id) WHERE state = 'running';
+    CREATE INDEX tasks_operation ON tasks(operation_id, seq);
+    CREATE INDEX services_created ON services(created_at);
     """,
 )
 

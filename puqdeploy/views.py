@@ -111,6 +111,22 @@ def status(conn: sqlite3.Connection, service_id: str,
     }, private or {})
 
 
+def history(conn: sqlite3.Connection, service_id: str, limit: int = 5) -> list[dict]:
+    """Earlier operations of a service (newest first) with their tasks, for the operator's
+    timeline: a redeploy shows the superseded plan under the fresh one."""
+    ops = conn.execute(
+        "SELECT o.id, o.kind, o.state, o.created_at, o.finished_at, o.error FROM operations o "
+        "JOIN services s ON s.id = o.service_id WHERE o.service_id = ? AND o.id != s.operation_id "
+        "ORDER BY o.id DESC LIMIT ?", (service_id, limit)).fetchall()
+    out = []
+    for op in ops:
+        rows = conn.execute("SELECT * FROM tasks WHERE operation_id = ? ORDER BY seq", (op["id"],))
+        out.append({"operation_id": op["id"], "kind": op["kind"], "state": op["state"],
+                    "created_at": iso(op["created_at"]), "finished_at": iso(op["finished_at"]),
+                    "error": op["error"], "tasks": [task_dict(r) for r in rows]})
+    return out
+
+
 def tasks(conn: sqlite3.Connection, service_id: Optional[str] = None,
           state: Optional[str] = None, limit: int = 1000) -> list[dict]:
     """Tasks of one service (all operations, plan order) or across services by state."""

@@ -128,6 +128,10 @@ def test_redeploy_converges_without_duplicates_or_changes(deployed):
         programs = [c["program"] for c in read_command_log(deployed.node(name))[logged[name]:]]
         assert programs, name
         assert all(p.startswith("v-list-") for p in programs), (name, programs)
+    text = deployed.cli("status", "1234", check=True).stdout
+    timeline, earlier = text.split("Earlier operations")
+    assert "redeploy" in timeline and "#1 deploy (done)" in earlier  # the timeline shows both
+    assert earlier.count("Creating web user") == 1
     history = json.loads(deployed.cli("tasks", "1234", "--json", check=True).stdout)
     assert sum(t["superseded"] for t in history) == 8
     assert len(history) == 16

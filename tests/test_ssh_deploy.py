@@ -60,14 +60,14 @@ def make_ssh_box(root: Path, fleet, per_node: Optional[dict] = None,
                  retry: Optional[dict] = None) -> Sandbox:
     """A sandbox (fresh simulated panels under ROOT/nodes/) whose nodes are reached over SSH.
 
-    Same groups, products and node settings as `puqdeploy sandbox`, but the four Split nodes
-    are `transport: ssh` to their fleet sshd, with `hestia_bin` pointing at this test's own
-    panel (any further sandbox node keeps the local transport; the Split product uses none).
+    Same groups, products and node settings as `puqdeploy sandbox`, but every node of the
+    fleet (the four Split nodes and host1) is `transport: ssh` to its sshd, with `hestia_bin`
+    pointing at this test's own panel.
     """
     config_path = Path(write_sandbox(str(root)))
     box = Sandbox(root=config_path.parent, config_path=config_path)
-    blocks = {name: {"hestia_bin": str(box.node(name) / "bin"), "capacity": 100,
-                     "max_concurrency": 1} for name in NODES}
+    blocks = {node.name: {"hestia_bin": str(box.node(node.name) / "bin"), "capacity": 100,
+                          "max_concurrency": 1} for node in fleet}  # every fleet node, host1 too
     for name, extra in (per_node or {}).items():
         blocks[name].update(extra)
     data = yaml.safe_load(config_path.read_text())
@@ -540,7 +540,7 @@ def test_nodes_list_check_and_trust(ssh_box, fleet, tmp_path):
                           "transport": "ssh", "roles": ["web"], "capacity": 100,
                           "used": 1, "active": True, "max_concurrency": 1}
     assert all(n["used"] == 1 and n["transport"] == "ssh" for n in listing[:4])
-    assert all(n["used"] == 0 and n["transport"] == "local" for n in listing[4:])  # sandbox extras
+    assert [(n["name"], n["used"]) for n in listing[4:]] == [("host1", 0)]  # the Unified node, unused
     text = box.cli("nodes", check=True).stdout
     for name in NODES:
         assert re.search(rf"^{name}\s+127\.0\.77\.\d\s+{web1.port}\s+ssh\s+\w+\s+1/100\s+yes\s+1$",

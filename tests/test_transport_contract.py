@@ -329,7 +329,7 @@ def test_the_known_key_type_is_negotiated_when_sshd_has_several(ssh_fleet, bin_d
     from puqdeploy.ssh_transport import SSHTransport
     from tests.sshfleet import SSHNode, generate_key
 
-    node = SSHNode("multi", "127.0.77.5", ssh_fleet.port, ["web"], tmp_path / "multi", ssh_fleet.authorized_keys)
+    node = SSHNode("multi", "127.0.77.15", ssh_fleet.port, ["web"], tmp_path / "multi", ssh_fleet.authorized_keys)
     node.prepare()
     ecdsa = generate_key(tmp_path / "multi" / "ssh_host_ecdsa_key", "root@multi", kind="ecdsa")
     with open(node.config_path, "a") as config:
