@@ -78,38 +78,55 @@ def backoff_delay(policy: RetryPolicy, attempt: int, rng: random.Random | None =
     return raw * (1 + rng.uniform(-policy.jitter, policy.jitter))
 
 
+_DUE_ON_NODE = """
+SELECT id FROM tasks AS t INDEXED BY tasks_due_node
+ WHERE {node} AND state IN ('queued', 'waiting') AND run_after <= :now
+   AND id NOT IN (SELECT value FROM json_each(:exclude))
+   -- an operation waits while an older one of the same service still runs a step
+   -- (a terminate never deletes under a deploy step that is still running)
+   AND NOT EXISTS (SELECT 1 FROM tasks r WHERE r.service_id = t.service_id
+                   AND r.state = 'running' AND r.operation_id != t.operation_id)
+ ORDER BY id LIMIT :free
+"""
+
 _CLAIM_SQL = """
-WITH lim(node, cap) AS (SELECT key, value FROM json_each(:limits)),
-busy AS (SELECT node, count(*) AS n FROM tasks WHERE state = 'running' GROUP BY node),
-due AS (
-    SELECT id, node, ROW_NUMBER() OVER (PARTITION BY node ORDER BY run_after, id) AS rn
-    FROM tasks t WHERE state IN ('queued', 'waiting') AND run_after <= :now
-      AND id NOT IN (SELECT value FROM json_each(:exclude))
-      -- an operation waits while an older one of the same service still runs a step
-      -- (a terminate never deletes under a deploy step that is still running)
-      AND NOT EXISTS (SELECT 1 FROM tasks r WHERE r.service_id = t.service_id
-                      AND r.state = 'running' AND r.operation_id != t.operation_id)
-)
 UPDATE tasks
    SET state = 'running', lease_owner = :owner, lease_token = lease_token + 1,
        lease_expires = :expires, attempts = attempts + 1, started_at = :now, finished_at = NULL
- WHERE id IN (
-    SELECT due.id FROM due
-      LEFT JOIN lim ON lim.node = due.node
-      LEFT JOIN busy ON busy.node = due.node
-     WHERE due.rn <= (CASE WHEN due.node IS NULL THEN 1000000000 ELSE coalesce(lim.cap, 1) END)
-                     - coalesce(busy.n, 0)
-     ORDER BY due.rn, due.id
-     LIMIT :limit)
+ WHERE id IN (SELECT value FROM json_each(:ids))
 RETURNING id, service_id, operation_id, action, label, node, args, blocking, attempts,
           max_attempts, lease_token, wait_deadline
 """
+UNLIMITED = 1_000_000_000  # tasks without a node (tickets, benchmarks) are not node-limited
+
+
+def _candidates(conn: sqlite3.Connection, limit: int, node_limits: Mapping[str, int],
+                at: float, exclude: str) -> list[int]:
+    """Due task ids, oldest first (plan order), at most each node's free capacity.
+
+    One index range scan per node (`tasks_due_node`), so the cost grows with the number of
+    nodes and the batch, not with how many tasks are due. Oldest first means a service's
+    next step (promoted when its dependency finished) runs before later services' first
+    steps, so services finish one after the other instead of all at the end.
+    """
+    busy = dict(conn.execute("SELECT node, count(*) FROM tasks WHERE state = 'running' "
+                             "GROUP BY node").fetchall())
+    ids: list[int] = []
+    for node, cap in [*node_limits.items(), (None, UNLIMITED)]:
+        free = min(limit, cap - busy.get(node, 0))
+        if free <= 0:
+            continue
+        sql = _DUE_ON_NODE.format(node="node IS NULL" if node is None else "node = :node")
+        ids += [row[0] for row in conn.execute(sql, {"node": node, "now": at, "exclude": exclude,
+                                                     "free": free})]
+    return sorted(ids)[:limit]
 
 
 def claim(conn: sqlite3.Connection, owner: str, limit: int, node_limits: Mapping[str, int],
           lease_seconds: float, at: float | None = None,
           exclude: Iterable[int] = ()) -> list[Lease]:
-    """Lease up to `limit` due tasks for `owner`, respecting per-node concurrency.
+    """Lease up to `limit` due tasks for `owner`, respecting per-node concurrency (tasks on a
+    node missing from `node_limits` are not leased: see `fail_unknown_nodes`).
 
     `exclude`: tasks this tick already attempted — a retry whose short back-off ran out while
     the tick was still busy waits for the next tick instead of burning attempts in this one.
@@ -121,10 +138,11 @@ def claim(conn: sqlite3.Connection, owner: str, limit: int, node_limits: Mapping
         # the clock is read under the write lock, so recorded start/end times of tasks on one
         # node never appear to overlap when the executions did not
         at = store.now() if at is None else at
-        rows = conn.execute(_CLAIM_SQL, {
-            "limits": json.dumps(dict(node_limits)), "exclude": json.dumps(list(exclude)),
-            "now": at, "owner": owner,
-            "expires": at + lease_seconds, "limit": limit}).fetchall()
+        ids = _candidates(conn, limit, node_limits, at, json.dumps(list(exclude)))
+        if not ids:
+            return []
+        rows = conn.execute(_CLAIM_SQL, {"ids": json.dumps(ids), "now": at, "owner": owner,
+                                         "expires": at + lease_seconds}).fetchall()
         for row in rows:
             number = conn.execute("SELECT count(*) FROM attempts WHERE task_id = ?",
                                   (row["id"],)).fetchone()[0] + 1
@@ -355,8 +373,9 @@ def set_operation_ticket(conn: sqlite3.Connection, operation_id: int, ticket: st
 def settle_operation(conn: sqlite3.Connection, operation_id: int, at: float) -> bool:
     """When every blocking task of a running operation is done, finish it and the service."""
     left = conn.execute(
-        "SELECT count(*) FROM tasks WHERE operation_id = ? AND blocking = 1 AND state != 'done'",
-        (operation_id,)).fetchone()[0]
+        "SELECT 1 FROM tasks WHERE operation_id = ? AND blocking = 1 AND state IN "
+        "('pending', 'queued', 'running', 'waiting', 'failed', 'cancelled') LIMIT 1",
+        (operation_id,)).fetchone()  # index lookups (tasks_open_blocking), not a count
     if left:
         return False
     op = conn.execute("SELECT service_id, kind, resume_state, args FROM operations "
@@ -458,6 +477,23 @@ def rescue_expired(conn: sqlite3.Connection, policy: RetryPolicy, at: float | No
                 conn.execute("UPDATE tasks SET state = 'queued', lease_owner = NULL, "
                              "lease_expires = NULL, run_after = ?, last_error = ? WHERE id = ?",
                              (at, "runner lost: lease expired", row["id"]))
+    return len(rows)
+
+
+def fail_unknown_nodes(conn: sqlite3.Connection, known: Iterable[str],
+                       at: float | None = None) -> int:
+    """Open tasks on a node that is no longer in the config can never run: fail them with a
+    reason an operator can act on (put the node back, then `retry`), once per tick."""
+    at = store.now() if at is None else at
+    known_json = json.dumps(list(known))
+    with store.write(conn):
+        rows = conn.execute(
+            "SELECT id, service_id, node FROM tasks WHERE state IN ('queued', 'waiting') "
+            "AND node IS NOT NULL AND node NOT IN (SELECT value FROM json_each(?))",
+            (known_json,)).fetchall()
+        for row in rows:
+            _go_terminal(conn, row["id"], row["service_id"], at,
+                         f"node {row['node']} is not in the config (removed or renamed?)")
     return len(rows)
 
 

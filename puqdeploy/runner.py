@@ -58,6 +58,31 @@ def new_runner_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
+class SharedConnection:
+    """The one database connection of a runner process, used by all its threads in turn.
+
+    SQLite allows one writer at a time; with a connection per thread the threads of one
+    process fight over the write lock through SQLite's sleeping busy handler, and under load a
+    waiter can time out ("database is locked"). One connection behind a lock queues them
+    fairly in Python instead; only other processes (overlapping ticks) wait on busy_timeout.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.conn = store.open_store(path)
+        self.lock = threading.RLock()
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.lock.acquire()
+        return self.conn
+
+    def __exit__(self, *exc) -> None:
+        self.lock.release()
+
+    def close(self) -> None:
+        with self.lock:
+            self.conn.close()
+
+
 class LogBuffer:
     """Collects an attempt's log lines and writes them in small batches.
 
@@ -66,8 +91,8 @@ class LogBuffer:
     line.
     """
 
-    def __init__(self, conn: sqlite3.Connection, attempt_id: int, interval: float = 0.25) -> None:
-        self.conn = conn
+    def __init__(self, db: SharedConnection, attempt_id: int, interval: float = 0.25) -> None:
+        self.db = db
         self.attempt_id = attempt_id
         self.interval = interval
         self.pending: list[tuple[int, float, str, str]] = []
@@ -86,8 +111,8 @@ class LogBuffer:
             batch, self.pending = self.pending, []
             self.last_flush = time.monotonic()
         if batch:
-            with store.write(self.conn):
-                self.conn.executemany(
+            with self.db as conn, store.write(conn):
+                conn.executemany(
                     "INSERT INTO attempt_logs (attempt_id, at, stream, line) VALUES (?, ?, ?, ?)",
                     batch)
 
@@ -107,7 +132,7 @@ class Runner:
         self.policy = self.config.retry
         self.lease_seconds = self.config.runner.lease_seconds
         self.node_limits = {name: node.max_concurrency for name, node in self.config.nodes.items()}
-        self._local = threading.local()
+        self._shared: Optional[SharedConnection] = None
         self._transports: dict[str, Transport] = {}
         self._transport_lock = threading.Lock()
         self._active: dict[int, Lease] = {}
@@ -117,12 +142,10 @@ class Runner:
 
     # -- connections -------------------------------------------------------------------------
 
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = store.open_store(self.config.database)
-            self._local.conn = conn
-        return conn
+    def _db(self) -> SharedConnection:
+        if self._shared is None:
+            self._shared = SharedConnection(self.config.database)
+        return self._shared
 
     def _transport(self, node) -> Transport:
         with self._transport_lock:
@@ -143,8 +166,10 @@ class Runner:
         started = time.monotonic()
         deadline = started + self.budget
         summary = TickSummary()
-        conn = self._conn()
-        summary.rescued = queue.rescue_expired(conn, self.policy, tickets=self.tickets)
+        db = self._db()
+        with db as conn:
+            summary.rescued = queue.rescue_expired(conn, self.policy, tickets=self.tickets)
+            summary.failed += queue.fail_unknown_nodes(conn, self.config.nodes)
         stop = threading.Event()
         beat = threading.Thread(target=self._heartbeat_loop, args=(stop,), daemon=True)
         beat.start()
@@ -156,9 +181,11 @@ class Runner:
                 while True:
                     may_claim = time.monotonic() < deadline and (first_round or not self.once)
                     if may_claim and len(running) < self.workers:
-                        for lease in queue.claim(conn, self.runner_id, self.workers - len(running),
+                        with db as conn:
+                            leases = queue.claim(conn, self.runner_id, self.workers - len(running),
                                                  self.node_limits, self.lease_seconds,
-                                                 exclude=retried):
+                                                 exclude=retried)
+                        for lease in leases:
                             summary.leased += 1
                             with self._active_lock:
                                 self._active[lease.task_id] = lease
@@ -184,18 +211,16 @@ class Runner:
 
     def _heartbeat_loop(self, stop: threading.Event) -> None:
         """Extend held leases every heartbeat interval until the tick ends."""
-        conn = store.open_store(self.config.database)
-        try:
-            while not stop.wait(self.config.runner.heartbeat):
-                with self._active_lock:
-                    leases = list(self._active.values())
-                if leases:
-                    try:
+        db = self._db()
+        while not stop.wait(self.config.runner.heartbeat):
+            with self._active_lock:
+                leases = list(self._active.values())
+            if leases:
+                try:
+                    with db as conn:
                         queue.heartbeat(conn, leases, self.lease_seconds)
-                    except sqlite3.Error:
-                        pass  # the next beat tries again; the lease is long enough for one miss
-        finally:
-            conn.close()
+                except sqlite3.Error:
+                    pass  # the next beat tries again; the lease is long enough for one miss
 
     def _close_transports(self) -> None:
         with self._transport_lock:
@@ -210,21 +235,24 @@ class Runner:
 
     def _run_lease(self, lease: Lease) -> Optional[str]:
         """Run one leased task and record its outcome; returns the new state (None = lost)."""
-        conn = self._conn()
-        log = LogBuffer(conn, lease.attempt_id)
+        db = self._db()
+        log = LogBuffer(db, lease.attempt_id)
         try:
-            outcome = self._outcome(conn, lease, log)
+            outcome = self._outcome(db, lease, log)
         except Exception as exc:  # building the context failed (e.g. key file unreadable)
             log("error", f"internal error: {type(exc).__name__}: {exc}")
             outcome = Retry(f"internal error: {type(exc).__name__}: {exc}")
         log.flush()
-        return queue.finish(conn, lease, outcome, self.policy, rng=self.rng, tickets=self.tickets)
+        with db as conn:
+            return queue.finish(conn, lease, outcome, self.policy, rng=self.rng,
+                                tickets=self.tickets)
 
-    def _outcome(self, conn: sqlite3.Connection, lease: Lease, log: LogBuffer) -> Outcome:
+    def _outcome(self, db: SharedConnection, lease: Lease, log: LogBuffer) -> Outcome:
         fn = base.lookup(lease.action)
         if fn is None:
             return Fail(f"unknown action {lease.action!r} (written by a newer puqdeploy?)")
-        row = conn.execute("SELECT * FROM services WHERE id = ?", (lease.service_id,)).fetchone()
+        with db as conn:
+            row = conn.execute("SELECT * FROM services WHERE id = ?", (lease.service_id,)).fetchone()
         service = base.service_from_row(row)
         node = None
         panel = None
@@ -240,17 +268,22 @@ class Runner:
         def set_fact(key: str, value) -> None:
             service.facts[key] = value
             # the key is quoted in the JSON path: fact names hold dots and @ (mailbox:a@b.c)
-            with store.write(conn):
+            with db as conn, store.write(conn):
                 conn.execute("UPDATE services SET facts = json_set(facts, '$.\"' || ? || '\"', "
                              "json(?)) WHERE id = ?",
                              (key, json.dumps(value), lease.service_id))
 
         log("info", f"attempt {lease.attempt}/{lease.max_attempts} of {lease.action}"
                     f"{' on ' + lease.node if lease.node else ''} by {self.runner_id}")
-        extra = {
-            "get_ticket": lambda: queue.operation_ticket(conn, lease.operation_id),
-            "set_ticket": lambda ref: queue.set_operation_ticket(conn, lease.operation_id, ref),
-        }
+        def get_ticket():
+            with db as conn:
+                return queue.operation_ticket(conn, lease.operation_id)
+
+        def set_ticket(reference: str) -> None:
+            with db as conn:
+                queue.set_operation_ticket(conn, lease.operation_id, reference)
+
+        extra = {"get_ticket": get_ticket, "set_ticket": set_ticket}
         ctx = base.StepContext(action=lease.action, args=lease.args, service=service,
                                config=self.config, node=node, panel=panel, log=log,
                                password=password, set_fact=set_fact, extra=extra)

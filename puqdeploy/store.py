@@ -153,6 +153,8 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX operations_open ON operations(service_id, state) WHERE state IN ('queued', 'running');
     CREATE INDEX tasks_service_running ON tasks(service_id) WHERE state = 'running';
     CREATE INDEX tasks_operation ON tasks(operation_id, seq);
+    CREATE INDEX tasks_open_blocking ON tasks(operation_id, state) WHERE blocking = 1;
+    CREATE INDEX tasks_due_node ON tasks(node, id) WHERE state IN ('queued', 'waiting');
     CREATE INDEX services_created ON services(created_at);
     """,
 )
