@@ -97,9 +97,8 @@ def _phases_child(kind: str, config_path: str, service_id: str) -> dict:
         t_work = time.perf_counter()
         json.dumps(payload, indent=2)
     elif kind == "idle":
-        from puqdeploy import queue
         t_imp = time.perf_counter()
-        queue.has_due(conn) or queue.has_expired(conn)
+        store.has_due(conn) or store.has_expired(conn)
         t_work = time.perf_counter()
     else:  # create
         from puqdeploy import orders
@@ -184,8 +183,8 @@ def query_plans(small_db: Path, big_db: Path, small_sid: str, big_sid: str, node
         op = conn.execute("SELECT operation_id FROM services WHERE id = ?", (sid,)).fetchone()[0]
         task = conn.execute("SELECT id FROM tasks WHERE operation_id = ? LIMIT 1", (op,)).fetchone()[0]
         groups = {
-            "idle tick: has_due": _traced(conn, lambda: queue.has_due(conn)),
-            "idle tick: has_expired": _traced(conn, lambda: queue.has_expired(conn)),
+            "idle tick: has_due": _traced(conn, lambda: store.has_due(conn)),
+            "idle tick: has_expired": _traced(conn, lambda: store.has_expired(conn)),
             "status --json: views.status": _traced(conn, lambda: views.status(conn, sid)),
         }
 

@@ -149,7 +149,7 @@ def run(ctx, budget, workers, once, loop) -> None:
     """One cron tick: rescue expired leases, then run due tasks until done or out of budget."""
     import time
 
-    from puqdeploy import queue
+    from puqdeploy import store
 
     if once and loop:
         raise UsageError("--once and --loop exclude each other")
@@ -159,7 +159,7 @@ def run(ctx, budget, workers, once, loop) -> None:
     workers = workers or config.runner.workers
     runner = None
     while True:
-        if queue.has_due(conn) or queue.has_expired(conn):
+        if store.has_due(conn) or store.has_expired(conn):
             if runner is None:
                 from puqdeploy.runner import Runner  # only now: the idle tick stays light
 
@@ -389,6 +389,7 @@ def change_password(ctx, service_id, password_stdin, as_json) -> None:
 def prune(ctx, older_than, as_json) -> None:
     """Delete finished history beyond retention (terminal failures are kept longer)."""
     from puqdeploy import retention
+    from puqdeploy.frozen import fields_of
 
     config = _config(ctx)
     finished = (retention.parse_duration(older_than) if older_than
@@ -396,7 +397,7 @@ def prune(ctx, older_than, as_json) -> None:
     failed = max(finished, config.retention.failed_days * 86400)
     result = retention.prune(_store(ctx), finished, failed)
     if as_json:
-        _emit_json(vars(result))
+        _emit_json(fields_of(result))
     else:
         click.echo(f"pruned {result.operations} operation(s): {result.tasks} tasks, "
                    f"{result.attempts} attempts, {result.log_lines} log lines; "

@@ -1,4 +1,4 @@
-"""The YAML config, read into frozen dataclasses and checked completely before anything runs.
+"""The YAML config, read into frozen value classes (puqdeploy.frozen) and checked completely before anything runs.
 
 Why so strict: the config decides which machine gets a customer's data, and it is read by every
 `create` from a billing hook. A typo (`prot: 2222`) silently ignored, or a product pointing at a
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from puqdeploy.frozen import field, frozen
 from types import MappingProxyType
 from typing import Any, Iterable, Mapping, Optional
 
@@ -91,7 +91,7 @@ def _freeze_map(value: Mapping | None) -> Mapping:
     return MappingProxyType(dict(value or {}))
 
 
-@dataclass(frozen=True)
+@frozen
 class RunnerConfig:
     """One `run` tick: time budget, thread pool size, lease length and heartbeat."""
 
@@ -109,7 +109,7 @@ class RunnerConfig:
         return self.lease_seconds / 3
 
 
-@dataclass(frozen=True)
+@frozen
 class RetryConfig:
     """Back-off of a failed attempt: min(max, base * factor**(n-1)) +/- jitter, capped."""
 
@@ -120,7 +120,7 @@ class RetryConfig:
     jitter: float = 0.1
 
 
-@dataclass(frozen=True)
+@frozen
 class DnsConfig:
     """Public resolvers asked whether a domain points at its node (Auto-SSL waits on this)."""
 
@@ -130,7 +130,7 @@ class DnsConfig:
     verify_zones: bool = True  # after writing a zone, require each DNS node to serve it
 
 
-@dataclass(frozen=True)
+@frozen
 class RetentionConfig:
     """How long `puqdeploy prune` keeps finished history; terminal failures stay longer."""
 
@@ -138,7 +138,7 @@ class RetentionConfig:
     failed_days: float = 90.0
 
 
-@dataclass(frozen=True)
+@frozen
 class SslConfig:
     """Auto-SSL: how often to re-check DNS before issuing, and when to stop waiting."""
 
@@ -147,7 +147,7 @@ class SslConfig:
     give_up_after_hours: float = 72.0
 
 
-@dataclass(frozen=True)
+@frozen
 class WhmcsConfig:
     """WHMCS API credentials for terminal-failure tickets; the secret never shows in repr."""
 
@@ -159,7 +159,7 @@ class WhmcsConfig:
     timeout_seconds: float = 10.0
 
 
-@dataclass(frozen=True)
+@frozen
 class TicketsConfig:
     """Whether a terminal failure opens a ticket, through WHMCS or an operator's command."""
 
@@ -168,7 +168,7 @@ class TicketsConfig:
     command: Optional[str] = None
 
 
-@dataclass(frozen=True)
+@frozen
 class NodeConfig:
     """One HestiaCP server (or this machine, transport `local`) and how to reach it."""
 
@@ -205,7 +205,7 @@ class NodeConfig:
         return role in self.roles
 
 
-@dataclass(frozen=True)
+@frozen
 class GroupConfig:
     """The nodes a product may be placed on, and the name servers its zones announce."""
 
@@ -222,7 +222,7 @@ class GroupConfig:
                 object.__setattr__(self, attr, tuple(value))
 
 
-@dataclass(frozen=True)
+@frozen
 class ParentDomain:
     """A Vanity parent (`example.net`): how its DNS is handled and who owns its mail domain."""
 
@@ -238,7 +238,7 @@ class ParentDomain:
         return self.dns_user or self.mail_user
 
 
-@dataclass(frozen=True)
+@frozen
 class ProductConfig:
     """What a billing product deploys: mode, node group, PHP version and resolved limits."""
 
@@ -273,7 +273,7 @@ class ProductConfig:
         return MODE_ROLES[self.mode]
 
 
-@dataclass(frozen=True)
+@frozen
 class Config:
     """The whole validated config. `path` is the absolute path of the file it came from."""
 

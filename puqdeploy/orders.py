@@ -16,14 +16,14 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-from dataclasses import dataclass
+from puqdeploy.frozen import frozen
 from typing import Mapping, Optional
 
 from puqdeploy import pipeline, queue, store, validate
 from puqdeploy.errors import ConflictError, NotFoundError, UsageError
 
 
-@dataclass(frozen=True)
+@frozen
 class OrderResult:
     service_id: str
     state: str
@@ -209,7 +209,7 @@ def stored_placement(row) -> pipeline.Placement:
     return pipeline.Placement(data["web"], data["mail"], tuple(data["dns"]))
 
 
-@dataclass(frozen=True)
+@frozen
 class OperationResult:
     service_id: str
     operation: str

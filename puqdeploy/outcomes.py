@@ -10,30 +10,30 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from puqdeploy.frozen import frozen
 from typing import Optional, Union
 
 
-@dataclass(frozen=True)
+@frozen
 class Done:
     result: str = "done"
     message: Optional[str] = None  # activity feed line; default "<label>: <result>"
 
 
-@dataclass(frozen=True)
+@frozen
 class Retry:
     error: str
     timeout: bool = False  # the attempt was killed for running too long
 
 
-@dataclass(frozen=True)
+@frozen
 class Wait:
     reason: str
     recheck_seconds: float
     deadline_seconds: float  # measured from the first wait of this task
 
 
-@dataclass(frozen=True)
+@frozen
 class Fail:
     error: str
 

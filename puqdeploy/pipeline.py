@@ -7,7 +7,7 @@ a config change cannot alter a plan already accepted.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from puqdeploy.frozen import field, frozen
 from typing import Callable, Mapping, Optional
 
 from puqdeploy.errors import UsageError
@@ -15,7 +15,7 @@ from puqdeploy.errors import UsageError
 ROLE_SUFFIX = {"web": "-web", "mail": "-mail", "dns": "-dns", "all": ""}
 
 
-@dataclass(frozen=True)
+@frozen
 class TaskSpec:
     """One task of a plan; `key` is unique within the plan and used for dependencies."""
 
@@ -28,7 +28,7 @@ class TaskSpec:
     args: Mapping[str, object] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@frozen
 class Placement:
     """Which node serves which role; DNS is every DNS node of the group, not a choice."""
 

@@ -19,7 +19,7 @@ import json
 import random
 import sqlite3
 import time
-from dataclasses import dataclass
+from puqdeploy.frozen import frozen
 from typing import Iterable, Mapping, Optional, Protocol
 
 from puqdeploy import store
@@ -37,7 +37,7 @@ FINAL_SERVICE_STATE = {
 RUNNING_SERVICE_STATE = {"deploy": "queued", "redeploy": "queued"}
 
 
-@dataclass(frozen=True)
+@frozen
 class Lease:
     """A claimed task as the runner sees it."""
 
@@ -502,19 +502,6 @@ def next_due(conn: sqlite3.Connection) -> Optional[float]:
     row = conn.execute("SELECT min(run_after) FROM tasks WHERE state IN ('queued', 'waiting')"
                        ).fetchone()
     return row[0]
-
-
-def has_due(conn: sqlite3.Connection, at: float | None = None) -> bool:
-    """Cheap check used by an idle tick before it imports anything else."""
-    at = store.now() if at is None else at
-    return conn.execute("SELECT 1 FROM tasks WHERE state IN ('queued', 'waiting') "
-                        "AND run_after <= ? LIMIT 1", (at,)).fetchone() is not None
-
-
-def has_expired(conn: sqlite3.Connection, at: float | None = None) -> bool:
-    at = store.now() if at is None else at
-    return conn.execute("SELECT 1 FROM tasks WHERE state = 'running' AND lease_expires < ? LIMIT 1",
-                        (at,)).fetchone() is not None
 
 
 def retry_tasks(conn: sqlite3.Connection, service_id: str, task_id: int | None = None,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from dataclasses import dataclass
+from puqdeploy.frozen import frozen
 
 from puqdeploy import store
 from puqdeploy.errors import UsageError
@@ -27,7 +27,7 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * _UNIT[match.group(2)]
 
 
-@dataclass(frozen=True)
+@frozen
 class PruneResult:
     operations: int
     tasks: int

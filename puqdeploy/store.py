@@ -278,3 +278,17 @@ def add_event(conn: sqlite3.Connection, service_id: str, message: str, *, level:
     conn.execute(
         "INSERT INTO events (service_id, task_id, at, level, message) VALUES (?, ?, ?, ?, ?)",
         (service_id, task_id, at if at is not None else now(), level, message))
+
+
+def has_due(conn: sqlite3.Connection, at: float | None = None) -> bool:
+    """Is any task due now? The idle tick asks this before importing anything else."""
+    at = now() if at is None else at
+    return conn.execute("SELECT 1 FROM tasks WHERE state IN ('queued', 'waiting') "
+                        "AND run_after <= ? LIMIT 1", (at,)).fetchone() is not None
+
+
+def has_expired(conn: sqlite3.Connection, at: float | None = None) -> bool:
+    """Does any running task's lease lie in the past (a runner died)? Also asked when idle."""
+    at = now() if at is None else at
+    return conn.execute("SELECT 1 FROM tasks WHERE state = 'running' AND lease_expires < ? LIMIT 1",
+                        (at,)).fetchone() is not None
