@@ -178,14 +178,18 @@ def heartbeat(conn: sqlite3.Connection, leases: Iterable[Lease], lease_seconds: 
 
 def finish(conn: sqlite3.Connection, lease: Lease, outcome: Outcome, policy: RetryPolicy,
            at: float | None = None, rng: random.Random | None = None,
-           tickets: bool = False) -> Optional[str]:
+           tickets: bool = False, log_lines: Iterable[tuple] = ()) -> Optional[str]:
     """Record a step's outcome. Returns the task's new state, or None when the lease was lost.
 
-    Everything happens in one transaction: the fenced task update, the attempt row, the DAG
-    promotion or cancellation, the service state and the activity event.
+    Everything happens in one transaction (one fsync): the attempt's last log lines
+    (`log_lines`: (attempt_id, at, stream, line) rows not yet written), the fenced task
+    update, the attempt row, the DAG promotion or cancellation, the service state and the
+    activity event.
     """
     with store.write(conn):
         at = store.now() if at is None else at
+        conn.executemany("INSERT INTO attempt_logs (attempt_id, at, stream, line) "
+                         "VALUES (?, ?, ?, ?)", log_lines)
         row = conn.execute(
             "SELECT cancel_requested, label, node FROM tasks WHERE id = ? AND state = 'running' "
             "AND lease_owner = ? AND lease_token = ?",

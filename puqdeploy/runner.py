@@ -86,9 +86,9 @@ class SharedConnection:
 class LogBuffer:
     """Collects an attempt's log lines and writes them in small batches.
 
-    Lines are flushed at the end of each command and at least every `interval` seconds while a
-    command streams, so `puqdeploy log --follow` sees a running command without one commit per
-    line.
+    A command line is written as soon as the command starts, streamed output at least every
+    `interval` seconds, and whatever is left goes in the outcome's own transaction — so
+    `puqdeploy log --follow` sees a running command without one commit per line.
     """
 
     def __init__(self, db: SharedConnection, attempt_id: int, interval: float = 0.25) -> None:
@@ -102,14 +102,21 @@ class LogBuffer:
     def __call__(self, stream: str, line: str) -> None:
         with self.lock:
             self.pending.append((self.attempt_id, store.now(), stream, line))
-            due = stream in ("cmd", "exit", "error") or time.monotonic() - self.last_flush >= self.interval
+            # a command line is written at once (`log --follow` shows what runs now); the rest
+            # rides along with the next command or the outcome, or goes after `interval`
+            due = stream == "cmd" or time.monotonic() - self.last_flush >= self.interval
         if due:
             self.flush()
 
-    def flush(self) -> None:
+    def take(self) -> list[tuple[int, float, str, str]]:
+        """The lines not written yet (the caller writes them in its own transaction)."""
         with self.lock:
             batch, self.pending = self.pending, []
             self.last_flush = time.monotonic()
+        return batch
+
+    def flush(self) -> None:
+        batch = self.take()
         if batch:
             with self.db as conn, store.write(conn):
                 conn.executemany(
@@ -242,10 +249,9 @@ class Runner:
         except Exception as exc:  # building the context failed (e.g. key file unreadable)
             log("error", f"internal error: {type(exc).__name__}: {exc}")
             outcome = Retry(f"internal error: {type(exc).__name__}: {exc}")
-        log.flush()
-        with db as conn:
+        with db as conn:  # the last log lines go in the same transaction as the outcome
             return queue.finish(conn, lease, outcome, self.policy, rng=self.rng,
-                                tickets=self.tickets)
+                                tickets=self.tickets, log_lines=log.take())
 
     def _outcome(self, db: SharedConnection, lease: Lease, log: LogBuffer) -> Outcome:
         fn = base.lookup(lease.action)
