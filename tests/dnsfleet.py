@@ -47,12 +47,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import ctypes
 import fcntl
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import tempfile
@@ -62,6 +60,8 @@ from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
 
 import pytest
+
+from tests.processes import die_with_parent
 
 NAMED = "/usr/sbin/named"
 RNDC = "/usr/sbin/rndc"
@@ -107,20 +107,6 @@ class DnsFleetError(RuntimeError):
 
 # --------------------------------------------------------------------------- processes
 
-def _libc_prctl():
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
-_PRCTL = _libc_prctl()  # resolved here: the child between fork and exec must not dlopen
-
-
-def _die_with_parent() -> None:
-    """preexec_fn: if pytest is killed outright, its named processes go too (PDEATHSIG)."""
-    if _PRCTL is not None:
-        _PRCTL(1, signal.SIGTERM)
 
 
 def _port_free(address: str, port: int) -> bool:
@@ -326,7 +312,7 @@ class DnsServer:
                 self._process = subprocess.Popen(
                     [NAMED, "-g", "-4", "-n", "1", "-c", str(self.config_path), "-u", "root"],
                     stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                    preexec_fn=_die_with_parent)
+                    preexec_fn=die_with_parent)
             self._wait_ready()
 
     def _wait_ready(self) -> None:

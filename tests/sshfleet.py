@@ -21,7 +21,6 @@ Usage:
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import socket
@@ -32,6 +31,8 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import pytest
+
+from tests.processes import die_with_parent
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -99,20 +100,6 @@ def generate_key(private_path: Path, comment: str, kind: str = "ed25519") -> str
     return public
 
 
-def _libc_prctl():
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
-_PRCTL = _libc_prctl()  # resolved here: the child between fork and exec must not dlopen
-
-
-def _die_with_parent() -> None:
-    """preexec_fn: if pytest is killed outright, its sshd listeners go too (PR_SET_PDEATHSIG)."""
-    if _PRCTL is not None:
-        _PRCTL(1, signal.SIGTERM)
 
 
 def _live_children() -> dict[int, list[int]]:
@@ -204,7 +191,7 @@ class SSHNode:
         with open(self.log_path, "ab") as log:
             self._process = subprocess.Popen(
                 [SSHD, "-D", "-e", "-f", str(self.config_path), "-E", str(self.log_path)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, preexec_fn=_die_with_parent)
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, preexec_fn=die_with_parent)
         self._wait_ready()
 
     def _wait_ready(self) -> None:
