@@ -13,7 +13,6 @@ a repeated call without a password must not conflict with the one a first call g
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sqlite3
 from puqdeploy.frozen import frozen
@@ -38,7 +37,9 @@ def params_of(product: str, domain: str, username: Optional[str], email: Optiona
 
 
 def params_hash(params: Mapping[str, object]) -> str:
-    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
+    """The identity of an order's parameters: their canonical JSON (compared as text, so the
+    create path needs no hashing module; the column keeps its historical name)."""
+    return json.dumps(params, sort_keys=True, separators=(",", ":"))
 
 
 def node_load(conn: sqlite3.Connection) -> dict[str, int]:
