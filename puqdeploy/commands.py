@@ -16,16 +16,11 @@ from typing import Union
 
 @dataclass(frozen=True)
 class TempFile:
-    """Content delivered as a file under /tmp/ on the node; the argument becomes its path.
-
-    With `filename`, the file is written as `<private dir>/<filename>` and the argument becomes
-    the directory: v-add-user-package takes PKG_DIR and reads PKG_DIR/PACKAGE.pkg.
-    """
+    """Content delivered as a file under /tmp/ on the node; the argument becomes its path."""
 
     content: str
     secret: bool = False
     label: str = "file"
-    filename: str | None = None
 
     def __repr__(self) -> str:  # never leak secret content through repr() in a traceback
         return f"TempFile(label={self.label!r}, secret={self.secret})"

@@ -76,14 +76,8 @@ class LocalTransport:
         paths: dict[int, str] = {}
         for index, arg in enumerate(command.args):
             if isinstance(arg, TempFile):
-                if arg.filename:
-                    folder = tempfile.mkdtemp(prefix="puqdeploy-", dir=self.tmp_dir)  # 0700
-                    path = os.path.join(folder, arg.filename)
-                    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-                    paths[index] = folder
-                else:
-                    fd, path = tempfile.mkstemp(prefix="puqdeploy-", dir=self.tmp_dir)
-                    paths[index] = path
+                fd, path = tempfile.mkstemp(prefix="puqdeploy-", dir=self.tmp_dir)  # 0600
+                paths[index] = path
                 try:
                     os.fchmod(fd, 0o600)
                     os.write(fd, arg.content.encode())
@@ -95,12 +89,7 @@ class LocalTransport:
     def _remove_temp_files(paths: dict[int, str]) -> None:
         for path in paths.values():
             try:
-                if os.path.isdir(path):
-                    for name in os.listdir(path):
-                        os.unlink(os.path.join(path, name))
-                    os.rmdir(path)
-                else:
-                    os.unlink(path)
+                os.unlink(path)
             except FileNotFoundError:
                 pass
 

@@ -28,9 +28,8 @@ Choices, and why:
 - **Temp files over SFTP on the same connection.** Each `TempFile` goes to a fresh
   `/tmp/puqdeploy-<random>`, created exclusively (O_EXCL: no symlink games) *with* mode 0600 in
   the SFTP open request and chmod-ed to 0600 again before any content is written, so no other
-  user of a shared-hosting node can open it while it holds a password. A TempFile with a
-  `filename` becomes `<0700 dir /tmp/puqdeploy-<random>>/<filename>` and the argument is the
-  directory (v-add-user-package reads PKG_DIR/NAME.pkg). Everything is removed in a `finally`;
+  user of a shared-hosting node can open it while it holds a password. Everything is removed
+  in a `finally`;
   if the connection died first, the paths are remembered and removed as soon as the next
   connection is up (and logged as a warning until then).
 - **Streaming without deadlock.** Each command's channel is polled with `select` and both stdout
@@ -483,19 +482,8 @@ def _write_private(sftp: paramiko.SFTPClient, path: str, content: str) -> None:
 def _write_temp_file(sftp: paramiko.SFTPClient, temp: TempFile, created: list[tuple[str, str]]) -> str:
     """Write one TempFile; record what was created (for removal) and return the argv value."""
     path = f"/tmp/puqdeploy-{_random.token_hex(12)}"
-    filename = getattr(temp, "filename", None)
-    if not filename:
-        created.append(("file", path))  # before writing: a half-written file is removed too
-        _write_private(sftp, path, temp.content)
-        return path
-    if "/" in filename or filename in (".", ".."):
-        raise ValueError(f"TempFile filename must be a plain file name, not {filename!r}")
-    sftp.mkdir(path, mode=0o700)
-    created.append(("dir", path))
-    sftp.chmod(path, 0o700)
-    inner = f"{path}/{filename}"
-    created.append(("file", inner))
-    _write_private(sftp, inner, temp.content)
+    created.append(("file", path))  # before writing: a half-written file is removed too
+    _write_private(sftp, path, temp.content)
     return path
 
 

@@ -32,7 +32,6 @@ SCRIPTS = {
     # $1: where to write "PID CHILDPID" once both run
     "v-hang": 'sleep 300 & echo "$$ $!" > "$1.tmp" && mv "$1.tmp" "$1"; echo started; wait',
     "v-read-file": 'echo "path=$1"; stat -c "mode=%a type=%F" "$1"; cat "$1"; exit "${2:-0}"',
-    "v-read-dir": 'echo "path=$1"; stat -c "mode=%a type=%F" "$1" "$1/$2"; cat "$1/$2"; exit "${3:-0}"',
     "v-read-file-hang": 'sleep 300 & echo "path=$1"; cat "$1"; wait',
     "v-echo-secret": 's=$(head -n 1 "$1"); echo "stdout has $s here"; echo "stderr has $s" >&2',
     "v-big": ('yes "$(printf "%099d" 7)" | head -n "$1" & '
@@ -190,18 +189,6 @@ def test_temp_file_is_removed_after_a_timeout(transport):
         transport.run(Command("v-read-file-hang", (TempFile("y\n"),)), timeout=1.5, on_line=recorder)
     assert recorder.of("stdout")[1:] == ["y"], "the script did not read its file before the timeout"
     assert not os.path.exists(path_from(recorder))
-
-
-@pytest.mark.parametrize("exit_code", [0, 3])
-def test_named_temp_file_arrives_in_a_private_directory_which_is_removed(transport, exit_code):
-    recorder = Recorder()
-    package = TempFile("WEB_DOMAINS='1'\n", label="package-dir", filename="web.pkg")
-    result = transport.run(Command("v-read-dir", (package, "web.pkg", str(exit_code))), timeout=30, on_line=recorder)
-    folder = path_from(recorder)
-    assert result.exit_code == exit_code
-    assert os.path.dirname(folder) == "/tmp" and os.path.basename(folder).startswith("puqdeploy-")
-    assert result.stdout.splitlines()[1:] == ["mode=700 type=directory", "mode=600 type=regular file", "WEB_DOMAINS='1'"]
-    assert not os.path.exists(folder)
 
 
 def test_secret_never_reaches_argv_output_or_on_line(transport, tmp_path):
