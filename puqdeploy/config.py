@@ -201,9 +201,6 @@ class NodeConfig:
         if not isinstance(self.roles, frozenset):
             object.__setattr__(self, "roles", frozenset(self.roles))
 
-    def has_role(self, role: str) -> bool:
-        return role in self.roles
-
 
 @frozen
 class GroupConfig:

@@ -36,9 +36,9 @@ def params_of(product: str, domain: str, username: Optional[str], email: Optiona
             "limits": dict(sorted(overrides.items()))}
 
 
-def params_hash(params: Mapping[str, object]) -> str:
-    """The identity of an order's parameters: their canonical JSON (compared as text, so the
-    create path needs no hashing module; the column keeps its historical name)."""
+def canonical(params: Mapping[str, object]) -> str:
+    """An order's parameters as canonical JSON: stored once, and compared as text when the
+    billing system repeats a call."""
     return json.dumps(params, sort_keys=True, separators=(",", ":"))
 
 
@@ -85,13 +85,13 @@ def create_service(conn: sqlite3.Connection, config, box, *, service_id: str, pr
     if product_cfg.mode == "vanity":
         check_vanity_name(config, product_cfg, domain)
     params = params_of(product, domain, username, email, overrides)
-    digest = params_hash(params)
+    params_text = canonical(params)
     at = store.now() if at is None else at
     with store.write(conn):
-        existing = conn.execute("SELECT state, params_hash, id FROM services WHERE id = ?",
+        existing = conn.execute("SELECT state, params, id FROM services WHERE id = ?",
                                 (service_id,)).fetchone()
         if existing is not None:
-            if existing["params_hash"] != digest:
+            if existing["params"] != params_text:
                 raise ConflictError(f"service {service_id} already exists with different parameters")
             count = conn.execute("SELECT count(*) FROM tasks t JOIN services s ON "
                                  "t.operation_id = s.operation_id WHERE s.id = ?",
@@ -110,10 +110,10 @@ def create_service(conn: sqlite3.Connection, config, box, *, service_id: str, pr
                                     ssl=config.ssl.enabled and product_cfg.ssl)
         secret = box.encrypt(password or validate.generate_password())
         conn.execute(
-            "INSERT INTO services (id, product, mode, domain, state, params_hash, params, placement, "
+            "INSERT INTO services (id, product, mode, domain, state, params, placement, "
             "usernames, limits, email, password_enc, created_at, updated_at) "
-            "VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (service_id, product, product_cfg.mode, domain, digest, json.dumps(params),
+            "VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)",
+            (service_id, product, product_cfg.mode, domain, params_text,
              json.dumps(placement.as_dict()), json.dumps(names), json.dumps(limits),
              email or f"webmaster@{domain}", secret, at, at))
         conn.executemany("INSERT INTO usernames (username, service_id) VALUES (?, ?)",

@@ -501,13 +501,6 @@ def fail_unknown_nodes(conn: sqlite3.Connection, known: Iterable[str],
     return len(rows)
 
 
-def next_due(conn: sqlite3.Connection) -> Optional[float]:
-    """When the next queued or waiting task becomes due (None when nothing is open)."""
-    row = conn.execute("SELECT min(run_after) FROM tasks WHERE state IN ('queued', 'waiting')"
-                       ).fetchone()
-    return row[0]
-
-
 def retry_tasks(conn: sqlite3.Connection, service_id: str, task_id: int | None = None,
                 at: float | None = None) -> int:
     """Give terminally failed (and the tasks they cancelled) fresh attempts.

@@ -157,6 +157,11 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX tasks_due_node ON tasks(node, id) WHERE state IN ('queued', 'waiting');
     CREATE INDEX services_created ON services(created_at);
     """,
+    # 3: an order's parameters are kept once, as canonical JSON in `params` (a hash of them
+    # beside it was derived state)
+    """
+    ALTER TABLE services DROP COLUMN params_hash;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
