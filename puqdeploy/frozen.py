@@ -94,9 +94,15 @@ def frozen(cls: type) -> type:
             elif value is not _MISSING:
                 defaults[name] = value
     fields = tuple(names)
+    field_set = frozenset(fields)
     post_init = getattr(cls, "__post_init__", None)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if not args and kwargs.keys() == field_set:  # every field by name: the hot path
+            self.__dict__.update(kwargs)
+            if post_init is not None:
+                post_init(self)
+            return
         if len(args) > len(fields):
             raise TypeError(f"{cls.__name__}() takes {len(fields)} positional arguments")
         for name, value in zip(fields, args):

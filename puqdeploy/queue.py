@@ -20,7 +20,7 @@ import random
 import sqlite3
 import time
 from puqdeploy.frozen import frozen
-from typing import Iterable, Mapping, Optional, Protocol
+from typing import Iterable, Mapping, Optional, Protocol, Sequence
 
 from puqdeploy import store
 from puqdeploy.outcomes import Done, Fail, Outcome, Retry, Wait
@@ -97,12 +97,12 @@ UPDATE tasks
 RETURNING id, service_id, operation_id, action, label, node, args, blocking, attempts,
           max_attempts, lease_token, wait_deadline
 """
-UNLIMITED = 1_000_000_000  # tasks without a node (tickets, benchmarks) are not node-limited
 
 
-def _candidates(conn: sqlite3.Connection, limit: int, node_limits: Mapping[str, int],
-                at: float, exclude: str) -> list[int]:
-    """Due task ids, oldest first (plan order), at most each node's free capacity.
+def _candidates(conn: sqlite3.Connection, limit: int, nodeless_limit: int,
+                node_limits: Mapping[str, int], at: float, exclude: str) -> list[int]:
+    """Due task ids, oldest first (plan order): at most `limit` on nodes (and each node's free
+    capacity), and at most `nodeless_limit` in all.
 
     One index range scan per node (`tasks_due_node`), so the cost grows with the number of
     nodes and the batch, not with how many tasks are due. Oldest first means a service's
@@ -111,54 +111,76 @@ def _candidates(conn: sqlite3.Connection, limit: int, node_limits: Mapping[str, 
     """
     busy = dict(conn.execute("SELECT node, count(*) FROM tasks WHERE state = 'running' "
                              "GROUP BY node").fetchall())
-    ids: list[int] = []
-    for node, cap in [*node_limits.items(), (None, UNLIMITED)]:
-        free = min(limit, cap - busy.get(node, 0))
+
+    def due(node: Optional[str], free: int) -> list[int]:
         if free <= 0:
-            continue
+            return []
         sql = _DUE_ON_NODE.format(node="node IS NULL" if node is None else "node = :node")
-        ids += [row[0] for row in conn.execute(sql, {"node": node, "now": at, "exclude": exclude,
+        return [row[0] for row in conn.execute(sql, {"node": node, "now": at, "exclude": exclude,
                                                      "free": free})]
-    return sorted(ids)[:limit]
+
+    on_nodes = sorted(task for node, cap in node_limits.items()
+                      for task in due(node, min(limit, cap - busy.get(node, 0))))[:limit]
+    return sorted(on_nodes + due(None, max(limit, nodeless_limit)))[:max(limit, nodeless_limit)]
 
 
 def claim(conn: sqlite3.Connection, owner: str, limit: int, node_limits: Mapping[str, int],
           lease_seconds: float, at: float | None = None,
           exclude: Iterable[int] = ()) -> list[Lease]:
-    """Lease up to `limit` due tasks for `owner`, respecting per-node concurrency (tasks on a
-    node missing from `node_limits` are not leased: see `fail_unknown_nodes`).
-
-    `exclude`: tasks this tick already attempted — a retry whose short back-off ran out while
-    the tick was still busy waits for the next tick instead of burning attempts in this one.
-    """
-    if limit <= 0:
-        return []
-    leases: list[Lease] = []
+    """Lease up to `limit` due tasks for `owner` in a transaction of its own (see `claim_in`)."""
     with store.write(conn):
         # the clock is read under the write lock, so recorded start/end times of tasks on one
         # node never appear to overlap when the executions did not
-        at = store.now() if at is None else at
-        ids = _candidates(conn, limit, node_limits, at, json.dumps(list(exclude)))
-        if not ids:
-            return []
-        rows = conn.execute(_CLAIM_SQL, {"ids": json.dumps(ids), "now": at, "owner": owner,
-                                         "expires": at + lease_seconds}).fetchall()
-        for row in rows:
-            number = conn.execute("SELECT count(*) FROM attempts WHERE task_id = ?",
-                                  (row["id"],)).fetchone()[0] + 1
-            attempt_id = conn.execute(
-                "INSERT INTO attempts (task_id, number, runner_id, started_at) VALUES (?, ?, ?, ?)",
-                (row["id"], number, owner, at)).lastrowid
-            leases.append(Lease(
-                task_id=row["id"], service_id=row["service_id"], operation_id=row["operation_id"],
-                action=row["action"], label=row["label"], node=row["node"],
-                args=json.loads(row["args"]), blocking=bool(row["blocking"]),
-                attempt=row["attempts"], max_attempts=row["max_attempts"], attempt_id=attempt_id,
-                owner=owner, token=row["lease_token"], wait_deadline=row["wait_deadline"]))
-        services = {lease.service_id for lease in leases}
-        for service_id in services:
-            conn.execute("UPDATE services SET state = 'deploying', updated_at = ? "
-                         "WHERE id = ? AND state = 'queued'", (at, service_id))
+        return claim_in(conn, owner, limit, node_limits, lease_seconds,
+                        store.now() if at is None else at, exclude)
+
+
+_ATTEMPT_ROWS_SQL = """
+INSERT INTO attempts (task_id, number, runner_id, started_at)
+SELECT j.value, (SELECT count(*) FROM attempts a WHERE a.task_id = j.value) + 1, :owner, :now
+  FROM json_each(:ids) AS j
+RETURNING id, task_id
+"""
+
+
+def claim_in(conn: sqlite3.Connection, owner: str, limit: int, node_limits: Mapping[str, int],
+             lease_seconds: float, at: float, exclude: Iterable[int] = (),
+             nodeless_limit: int = 0) -> list[Lease]:
+    """Lease up to `limit` due tasks for `owner`, respecting per-node concurrency (tasks on a
+    node missing from `node_limits` are not leased: see `fail_unknown_nodes`). The caller
+    holds the write transaction (the runner commits a claim together with the outcomes it
+    records, one fsync for both).
+
+    `nodeless_limit` raises the total for tasks without a node (in-process steps such as
+    tickets): the runner prefetches those beyond its free workers, so that one commit
+    records and claims many of them; tasks on nodes never exceed `limit`.
+
+    `exclude`: tasks this tick already attempted — a retry whose short back-off ran out while
+    the tick was still busy waits for the next tick instead of burning attempts in this one.
+
+    Whatever the batch size, this is a fixed number of statements: the candidate scans, one
+    UPDATE ... RETURNING, one INSERT ... SELECT of the attempt rows and one service update.
+    """
+    if limit <= 0 and nodeless_limit <= 0:
+        return []
+    ids = _candidates(conn, limit, nodeless_limit, node_limits, at, json.dumps(list(exclude)))
+    if not ids:
+        return []
+    ids_json = json.dumps(ids)
+    rows = conn.execute(_CLAIM_SQL, {"ids": ids_json, "now": at, "owner": owner,
+                                     "expires": at + lease_seconds}).fetchall()
+    attempt_ids = dict((task, attempt) for attempt, task in conn.execute(
+        _ATTEMPT_ROWS_SQL, {"ids": ids_json, "owner": owner, "now": at}))
+    leases = [Lease(
+        task_id=row["id"], service_id=row["service_id"], operation_id=row["operation_id"],
+        action=row["action"], label=row["label"], node=row["node"],
+        args=json.loads(row["args"]), blocking=bool(row["blocking"]),
+        attempt=row["attempts"], max_attempts=row["max_attempts"],
+        attempt_id=attempt_ids[row["id"]], owner=owner, token=row["lease_token"],
+        wait_deadline=row["wait_deadline"]) for row in sorted(rows, key=lambda r: r["id"])]
+    conn.execute("UPDATE services SET state = 'deploying', updated_at = ? WHERE state = 'queued' "
+                 "AND id IN (SELECT value FROM json_each(?))",
+                 (at, json.dumps(sorted({lease.service_id for lease in leases}))))
     return leases
 
 
@@ -179,46 +201,79 @@ def heartbeat(conn: sqlite3.Connection, leases: Iterable[Lease], lease_seconds: 
 def finish(conn: sqlite3.Connection, lease: Lease, outcome: Outcome, policy: RetryPolicy,
            at: float | None = None, rng: random.Random | None = None,
            tickets: bool = False, log_lines: Iterable[tuple] = ()) -> Optional[str]:
-    """Record a step's outcome. Returns the task's new state, or None when the lease was lost.
-
-    Everything happens in one transaction (one fsync): the attempt's last log lines
-    (`log_lines`: (attempt_id, at, stream, line) rows not yet written), the fenced task
-    update, the attempt row, the DAG promotion or cancellation, the service state and the
-    activity event.
-    """
+    """Record one step's outcome in a transaction of its own (see `finish_in`)."""
     with store.write(conn):
-        at = store.now() if at is None else at
-        conn.executemany("INSERT INTO attempt_logs (attempt_id, at, stream, line) "
-                         "VALUES (?, ?, ?, ?)", log_lines)
-        row = conn.execute(
-            "SELECT cancel_requested, label, node FROM tasks WHERE id = ? AND state = 'running' "
-            "AND lease_owner = ? AND lease_token = ?",
-            (lease.task_id, lease.owner, lease.token)).fetchone()
-        if row is None:
+        return finish_in(conn, [(lease, outcome)], policy, store.now() if at is None else at,
+                         rng=rng, tickets=tickets, log_lines=log_lines)[0]
+
+
+# CROSS JOIN fixes the loop order: each lease looks its task up by primary key (a plain JOIN
+# lets the planner walk every running task through tasks_state instead)
+_HELD_SQL = """
+SELECT t.id, t.lease_token, t.lease_owner, t.cancel_requested FROM json_each(:leases) AS j
+ CROSS JOIN tasks AS t ON t.id = j.value ->> 0
+ WHERE t.state = 'running' AND t.lease_token = j.value ->> 1 AND t.lease_owner = j.value ->> 2
+"""
+
+
+def finish_in(conn: sqlite3.Connection, results: Sequence[tuple[Lease, Outcome]],
+              policy: RetryPolicy, at: float, rng: random.Random | None = None,
+              tickets: bool = False, log_lines: Iterable[tuple] = ()) -> list[Optional[str]]:
+    """Record the outcomes of several steps in the caller's write transaction (grouped commit:
+    one fsync for all of them). Returns each task's new state, None where the lease was lost.
+
+    Per outcome: the fenced task update (id, state running, owner, token), the attempt row,
+    the DAG promotion or cancellation, the service state and the activity event; plus the
+    attempts' last log lines (`log_lines`: (attempt_id, at, stream, line) rows not yet
+    written). Successes, the bulk of any batch, are recorded with a fixed number of
+    statements whatever their number; the rarer outcomes one by one.
+    """
+    conn.executemany("INSERT INTO attempt_logs (attempt_id, at, stream, line) "
+                     "VALUES (?, ?, ?, ?)", log_lines)
+    # the leases still held, as (task, token, owner) -> cancel requested
+    held = {(task, token, owner): cancel for task, token, owner, cancel in conn.execute(
+        _HELD_SQL, {"leases": json.dumps([[lease.task_id, lease.token, lease.owner]
+                                          for lease, _ in results])})}
+    states: list[Optional[str]] = []
+    done: list[tuple[Lease, Done]] = []
+    for lease, outcome in results:
+        cancel = held.get((lease.task_id, lease.token, lease.owner))
+        if cancel is None:
             _end_attempt(conn, lease.attempt_id, at, "rejected",
                          "late completion rejected: the lease had expired and was taken over")
-            return None
-        if row["cancel_requested"]:
+            states.append(None)
+        elif cancel:  # cancel requested (superseded or terminated) while it ran
             _end_attempt(conn, lease.attempt_id, at, _outcome_name(outcome), _outcome_error(outcome))
             _set_task(conn, lease, "cancelled", at, result="superseded")
-            return "cancelled"
-        if isinstance(outcome, Done):
-            return _on_done(conn, lease, outcome, at)
-        if isinstance(outcome, Wait):
-            return _on_wait(conn, lease, outcome, at, tickets)
-        if isinstance(outcome, Retry):
-            _end_attempt(conn, lease.attempt_id, at, "timeout" if outcome.timeout else "retry",
-                         outcome.error)
-            if lease.attempt >= lease.max_attempts:
-                return _go_terminal(conn, lease.task_id, lease.service_id, at,
-                                    f"gave up after {lease.attempt} attempts: {outcome.error}",
-                                    tickets)
-            delay = backoff_delay(policy, lease.attempt, rng)
-            _set_task(conn, lease, "queued", at, run_after=at + delay, error=outcome.error,
-                      finished=False)
-            return "queued"
-        _end_attempt(conn, lease.attempt_id, at, "fail", outcome.error)
-        return _go_terminal(conn, lease.task_id, lease.service_id, at, outcome.error, tickets)
+            states.append("cancelled")
+        elif isinstance(outcome, Done):
+            done.append((lease, outcome))
+            states.append("done")
+        else:
+            states.append(_finish_unsuccessful(conn, lease, outcome, policy, at, rng, tickets))
+    if done:
+        _on_done(conn, done, at)
+    return states
+
+
+def _finish_unsuccessful(conn: sqlite3.Connection, lease: Lease, outcome: Outcome,
+                         policy: RetryPolicy, at: float, rng: random.Random | None,
+                         tickets: bool) -> str:
+    if isinstance(outcome, Wait):
+        return _on_wait(conn, lease, outcome, at, tickets)
+    if isinstance(outcome, Retry):
+        _end_attempt(conn, lease.attempt_id, at, "timeout" if outcome.timeout else "retry",
+                     outcome.error)
+        if lease.attempt >= lease.max_attempts:
+            return _go_terminal(conn, lease.task_id, lease.service_id, at,
+                                f"gave up after {lease.attempt} attempts: {outcome.error}",
+                                tickets)
+        delay = backoff_delay(policy, lease.attempt, rng)
+        _set_task(conn, lease, "queued", at, run_after=at + delay, error=outcome.error,
+                  finished=False)
+        return "queued"
+    _end_attempt(conn, lease.attempt_id, at, "fail", outcome.error)
+    return _go_terminal(conn, lease.task_id, lease.service_id, at, outcome.error, tickets)
 
 
 def _outcome_name(outcome: Outcome) -> str:
@@ -246,19 +301,29 @@ def _set_task(conn: sqlite3.Connection, lease: Lease, state: str, at: float, *,
         (state, run_after, result, error, at if finished else None, lease.task_id))
 
 
-def _on_done(conn: sqlite3.Connection, lease: Lease, outcome: Done, at: float) -> str:
-    _end_attempt(conn, lease.attempt_id, at, "done", None)
-    _set_task(conn, lease, "done", at, result=outcome.result)
-    store.add_event(conn, lease.service_id,
-                    outcome.message or f"{lease.label}: {outcome.result}",
-                    task_id=lease.task_id, at=at)
-    conn.execute("UPDATE tasks SET deps_left = deps_left - 1 WHERE id IN "
-                 "(SELECT task_id FROM task_deps WHERE depends_on = ?)", (lease.task_id,))
-    conn.execute("UPDATE tasks SET state = 'queued', run_after = ? WHERE state = 'pending' "
-                 "AND deps_left <= 0 AND id IN (SELECT task_id FROM task_deps WHERE depends_on = ?)",
-                 (at, lease.task_id))
-    settle_operation(conn, lease.operation_id, at)
-    return "done"
+_DEPENDENTS = "SELECT task_id FROM task_deps WHERE depends_on IN (SELECT value FROM json_each(:done))"
+
+
+def _on_done(conn: sqlite3.Connection, done: Sequence[tuple[Lease, Done]], at: float) -> None:
+    """Successes: attempt rows, task rows, feed lines, then the dependents they release and the
+    operations they may complete — a fixed number of statements for the whole batch."""
+    conn.executemany("UPDATE attempts SET ended_at = ?, outcome = 'done', error = NULL, "
+                     "counted = 1 WHERE id = ? AND ended_at IS NULL",
+                     [(at, lease.attempt_id) for lease, _ in done])
+    conn.executemany("UPDATE tasks SET state = 'done', lease_owner = NULL, lease_expires = NULL, "
+                     "result = coalesce(?, result), last_error = NULL, finished_at = ? WHERE id = ?",
+                     [(outcome.result, at, lease.task_id) for lease, outcome in done])
+    store.add_events(conn, [(lease.service_id, lease.task_id, at, "info",
+                             outcome.message or f"{lease.label}: {outcome.result}")
+                            for lease, outcome in done])
+    params = {"done": json.dumps([lease.task_id for lease, _ in done]), "at": at}
+    conn.execute("UPDATE tasks SET deps_left = deps_left - (SELECT count(*) FROM task_deps d "
+                 "WHERE d.task_id = tasks.id AND d.depends_on IN (SELECT value FROM json_each(:done))) "
+                 f"WHERE id IN ({_DEPENDENTS})", params)
+    conn.execute("UPDATE tasks SET state = 'queued', run_after = :at WHERE state = 'pending' "
+                 f"AND deps_left <= 0 AND id IN ({_DEPENDENTS})", params)
+    for operation_id in dict.fromkeys(lease.operation_id for lease, _ in done):
+        settle_operation(conn, operation_id, at)
 
 
 def _on_wait(conn: sqlite3.Connection, lease: Lease, outcome: Wait, at: float,

@@ -22,7 +22,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from queue import Empty, SimpleQueue
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -33,6 +33,13 @@ from puqdeploy.queue import Lease
 from puqdeploy.remote import Transport, open_transport
 from puqdeploy.secretbox import SecretBox
 from puqdeploy.steps import base
+
+
+# Tasks without a node (in-process steps: tickets, benchmarks) leased beyond the free workers.
+# They wait in this runner's pool for a worker; leasing them ahead lets one commit record and
+# claim dozens of fast tasks instead of a few. Tasks on nodes are never leased ahead: a leased
+# task holds its node's slot, and other runners could be using it.
+NODELESS_PREFETCH = 56
 
 
 @dataclass
@@ -56,6 +63,42 @@ class TickSummary:
 
 def new_runner_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class StepPool:
+    """`size` threads running leased tasks in the order they were leased.
+
+    Lighter than ThreadPoolExecutor (no future, condition and semaphore per task), which
+    matters when a step takes microseconds. `run(*job)` returns the result put on `results`;
+    it must not raise (Runner._run_lease maps every error to an outcome), but if it does the
+    thread still reports, so the tick never waits for a task forever.
+    """
+
+    def __init__(self, size: int, run, results: SimpleQueue) -> None:
+        self.jobs: SimpleQueue = SimpleQueue()
+        self.threads = [threading.Thread(target=self._loop, args=(run, results), daemon=True,
+                                         name=f"step-{i}") for i in range(size)]
+
+    def _loop(self, run, results: SimpleQueue) -> None:
+        while (job := self.jobs.get()) is not None:
+            try:
+                results.put(run(*job))
+            except BaseException as exc:  # noqa: BLE001 - reported as the task's outcome
+                results.put((job[0], Retry(f"internal error: {type(exc).__name__}: {exc}"), []))
+
+    def submit(self, *job) -> None:
+        self.jobs.put(job)
+
+    def __enter__(self) -> "StepPool":
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for _ in self.threads:
+            self.jobs.put(None)
+        for thread in self.threads:
+            thread.join()
 
 
 class SharedConnection:
@@ -170,6 +213,13 @@ class Runner:
     # -- the tick ----------------------------------------------------------------------------
 
     def tick(self) -> TickSummary:
+        """Lease, run and record until nothing is due (or the budget is spent).
+
+        The main thread is the only one that claims and records outcomes, and it does both in
+        ONE write transaction per round (a grouped commit): every outcome that arrived while
+        the previous round committed is recorded, and the freed workers' next tasks are
+        claimed, with a single fsync. Steps run in the pool meanwhile.
+        """
         started = time.monotonic()
         deadline = started + self.budget
         summary = TickSummary()
@@ -180,41 +230,72 @@ class Runner:
         stop = threading.Event()
         beat = threading.Thread(target=self._heartbeat_loop, args=(stop,), daemon=True)
         beat.start()
-        running: dict[Future, Lease] = {}
+        results: SimpleQueue = SimpleQueue()  # (lease, outcome, log lines) from the workers
+        arrived: list[tuple[Lease, Outcome, list]] = []
         retried: set[int] = set()  # back in the queue after a failed attempt in this tick
         first_round = True
         try:
-            with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="step") as pool:
+            with StepPool(self.workers, self._run_lease, results) as pool:
                 while True:
                     may_claim = time.monotonic() < deadline and (first_round or not self.once)
-                    if may_claim and len(running) < self.workers:
-                        with db as conn:
-                            leases = queue.claim(conn, self.runner_id, self.workers - len(running),
-                                                 self.node_limits, self.lease_seconds,
-                                                 exclude=retried)
-                        for lease in leases:
-                            summary.leased += 1
-                            with self._active_lock:
-                                self._active[lease.task_id] = lease
-                            running[pool.submit(self._run_lease, lease)] = lease
-                    first_round = False
-                    if not running:
-                        break
-                    finished, _ = wait(list(running), timeout=0.5, return_when=FIRST_COMPLETED)
-                    for future in finished:
-                        lease = running.pop(future)
+                    free = self.workers - len(self._active) + len(arrived)
+                    if arrived or (may_claim and free + NODELESS_PREFETCH > 0):
+                        leases, rows = self._record_and_claim(
+                            db, arrived, summary, retried, free if may_claim else None)
+                        arrived = []
+                        # each service row decoded once per round; every attempt gets its own
+                        # copy of the facts it may add to
+                        views = {sid: base.service_from_row(row) for sid, row in rows.items()}
                         with self._active_lock:
-                            self._active.pop(lease.task_id, None)
-                        state = future.result()
-                        if state == "queued":
-                            retried.add(lease.task_id)
-                        _count(summary, state)
+                            self._active.update((lease.task_id, lease) for lease in leases)
+                        summary.leased += len(leases)
+                        for lease in leases:
+                            view = views.get(lease.service_id)
+                            pool.submit(lease, rows.get(lease.service_id),
+                                        view and view.for_attempt())
+                    first_round = False
+                    if not self._active:
+                        break
+                    try:  # wait for one outcome, then take every other one already there
+                        arrived.append(results.get(timeout=0.5))
+                    except Empty:
+                        continue
+                    while True:
+                        try:
+                            arrived.append(results.get_nowait())
+                        except Empty:
+                            break
         finally:
             stop.set()
             beat.join()
             self._close_transports()
         summary.seconds = time.monotonic() - started
         return summary
+
+    def _record_and_claim(self, db: SharedConnection, arrived: list, summary: TickSummary,
+                          retried: set[int], free: Optional[int]) -> tuple[list[Lease], dict]:
+        """One grouped commit: the outcomes that arrived, then new leases for `free` workers
+        (None: claim nothing), with their services' rows read in the same snapshot."""
+        with db as conn, store.write(conn):
+            # one clock reading for both halves, under the write lock: a task claimed on a node
+            # never appears to start before the one it replaced ended
+            at = store.now()
+            if arrived:
+                states = queue.finish_in(
+                    conn, [(lease, outcome) for lease, outcome, _ in arrived], self.policy, at,
+                    rng=self.rng, tickets=self.tickets,
+                    log_lines=[line for _, _, lines in arrived for line in lines])
+                with self._active_lock:
+                    for (lease, _, _), state in zip(arrived, states):
+                        self._active.pop(lease.task_id, None)
+                        if state == "queued":
+                            retried.add(lease.task_id)
+                        _count(summary, state)
+            leases = [] if free is None else queue.claim_in(
+                conn, self.runner_id, free, self.node_limits, self.lease_seconds, at,
+                exclude=retried, nodeless_limit=free + NODELESS_PREFETCH)
+            rows = store.service_rows(conn, (lease.service_id for lease in leases)) if leases else {}
+        return leases, rows
 
     def _heartbeat_loop(self, stop: threading.Event) -> None:
         """Extend held leases every heartbeat interval until the tick ends."""
@@ -240,26 +321,26 @@ class Runner:
 
     # -- one task ----------------------------------------------------------------------------
 
-    def _run_lease(self, lease: Lease) -> Optional[str]:
-        """Run one leased task and record its outcome; returns the new state (None = lost)."""
-        db = self._db()
-        log = LogBuffer(db, lease.attempt_id)
+    def _run_lease(self, lease: Lease, row: Optional[sqlite3.Row],
+                   service: Optional[base.ServiceView]) -> tuple[Lease, Outcome, list]:
+        """Run one leased task; returns what the main thread records: the lease, the outcome
+        and the log lines not written yet."""
+        log = LogBuffer(self._db(), lease.attempt_id)
         try:
-            outcome = self._outcome(db, lease, log)
+            outcome = self._outcome(lease, row, service, log)
         except Exception as exc:  # building the context failed (e.g. key file unreadable)
             log("error", f"internal error: {type(exc).__name__}: {exc}")
             outcome = Retry(f"internal error: {type(exc).__name__}: {exc}")
-        with db as conn:  # the last log lines go in the same transaction as the outcome
-            return queue.finish(conn, lease, outcome, self.policy, rng=self.rng,
-                                tickets=self.tickets, log_lines=log.take())
+        return lease, outcome, log.take()
 
-    def _outcome(self, db: SharedConnection, lease: Lease, log: LogBuffer) -> Outcome:
+    def _outcome(self, lease: Lease, row: Optional[sqlite3.Row],
+                 service: Optional[base.ServiceView], log: LogBuffer) -> Outcome:
         fn = base.lookup(lease.action)
         if fn is None:
             return Fail(f"unknown action {lease.action!r} (written by a newer puqdeploy?)")
-        with db as conn:
-            row = conn.execute("SELECT * FROM services WHERE id = ?", (lease.service_id,)).fetchone()
-        service = base.service_from_row(row)
+        if row is None or service is None:
+            return Fail(f"service {lease.service_id} is gone")
+        db = self._db()
         node = None
         panel = None
         if lease.node is not None:
@@ -273,14 +354,9 @@ class Runner:
 
         def set_fact(key: str, value) -> None:
             service.facts[key] = value
-            # the key is quoted in the JSON path: fact names hold dots and @ (mailbox:a@b.c)
-            with db as conn, store.write(conn):
-                conn.execute("UPDATE services SET facts = json_set(facts, '$.\"' || ? || '\"', "
-                             "json(?)) WHERE id = ?",
-                             (key, json.dumps(value), lease.service_id))
+            with db as conn:
+                store.set_fact(conn, lease.service_id, key, json.dumps(value))
 
-        log("info", f"attempt {lease.attempt}/{lease.max_attempts} of {lease.action}"
-                    f"{' on ' + lease.node if lease.node else ''} by {self.runner_id}")
         def get_ticket():
             with db as conn:
                 return queue.operation_ticket(conn, lease.operation_id)
@@ -289,6 +365,8 @@ class Runner:
             with db as conn:
                 queue.set_operation_ticket(conn, lease.operation_id, reference)
 
+        log("info", f"attempt {lease.attempt}/{lease.max_attempts} of {lease.action}"
+                    f"{' on ' + lease.node if lease.node else ''} by {self.runner_id}")
         extra = {"get_ticket": get_ticket, "set_ticket": set_ticket}
         ctx = base.StepContext(action=lease.action, args=lease.args, service=service,
                                config=self.config, node=node, panel=panel, log=log,

@@ -20,7 +20,7 @@ import os
 import sqlite3
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from puqdeploy.errors import OperationalError
 
@@ -280,9 +280,32 @@ def read(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 def add_event(conn: sqlite3.Connection, service_id: str, message: str, *, level: str = "info",
               task_id: int | None = None, at: float | None = None) -> None:
     """Append one line to a service's activity feed (customer-readable wording)."""
-    conn.execute(
-        "INSERT INTO events (service_id, task_id, at, level, message) VALUES (?, ?, ?, ?, ?)",
-        (service_id, task_id, at if at is not None else now(), level, message))
+    add_events(conn, [(service_id, task_id, at if at is not None else now(), level, message)])
+
+
+def add_events(conn: sqlite3.Connection, rows: Iterable[tuple]) -> None:
+    """Append feed lines given as (service_id, task_id, at, level, message) rows."""
+    conn.executemany(
+        "INSERT INTO events (service_id, task_id, at, level, message) VALUES (?, ?, ?, ?, ?)", rows)
+
+
+def service_rows(conn: sqlite3.Connection, service_ids: Iterable[str]) -> dict[str, sqlite3.Row]:
+    """The `services` rows of the given ids, by id (one statement for a claimed batch)."""
+    import json  # not at module level: the idle tick imports nothing it does not need
+
+    rows = conn.execute("SELECT * FROM services WHERE id IN (SELECT value FROM json_each(?))",
+                        (json.dumps(sorted(set(service_ids))),))
+    return {row["id"]: row for row in rows}
+
+
+def set_fact(conn: sqlite3.Connection, service_id: str, key: str, value_json: str) -> None:
+    """Record one fact a step learned (DKIM key, a claim on a name) on the service row.
+
+    The key is quoted in the JSON path: fact names hold dots and @ (mailbox:a@b.c).
+    """
+    with write(conn):
+        conn.execute("UPDATE services SET facts = json_set(facts, '$.\"' || ? || '\"', json(?)) "
+                     "WHERE id = ?", (key, value_json, service_id))
 
 
 def has_due(conn: sqlite3.Connection, at: float | None = None) -> bool:

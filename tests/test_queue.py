@@ -184,3 +184,75 @@ def test_retry_policy_caps_the_delay():
     delays = [queue.backoff_delay(policy, n, rng) for n in range(1, 15)]
     assert max(delays) <= 3600 * 1.1
     assert delays[-1] >= 3600 * 0.9
+
+
+def _dependents(conn, task_id):
+    return [r[0] for r in conn.execute("SELECT task_id FROM task_deps WHERE depends_on = ?",
+                                       (task_id,))]
+
+
+def test_one_transaction_records_every_kind_of_outcome(env):
+    """A grouped commit: successes, a retry, a failure and a lost lease, in one transaction,
+    each recorded exactly as it would be alone."""
+    config, conn, limits = env
+    box = SecretBox.from_file(config.key_file)
+    orders.create_service(conn, config, box, service_id="s2", product="sandbox-split",
+                          domain="example.org", at=T0)
+    wide = {node: 10 for node in limits}  # both services' first steps at once
+    stale = queue.claim(conn, "dead", 50, wide, 10, at=T0)  # 4 leases, expire at T0 + 10
+    assert queue.rescue_expired(conn, _policy(config), at=T0 + 11) == 4
+    leases = {(l.service_id, l.action): l for l in queue.claim(conn, "r1", 50, wide, 60, at=T0 + 12)}
+    assert len(leases) == 4
+    results = [(leases["s1", "web.user"], Done("created")),
+               (leases["s1", "mail.user"], Retry("E_CONNECT")),
+               (leases["s2", "web.user"], Fail("E_LIMIT")),
+               (leases["s2", "mail.user"], Done("created")),
+               (stale[0], Done("created"))]  # the dead runner's late completion
+    at = T0 + 13
+    lines = [(leases["s1", "web.user"].attempt_id, at, "info", "one line")]
+    with store.write(conn):
+        states = queue.finish_in(conn, results, _policy(config), at,
+                                 rng=random.Random(1), log_lines=lines)
+    assert states == ["done", "queued", "failed", "done", None]
+
+    def state(task_id):
+        return conn.execute("SELECT state FROM tasks WHERE id = ?", (task_id,)).fetchone()[0]
+
+    s1_web, s1_mail = leases["s1", "web.user"], leases["s1", "mail.user"]
+    s2_web, s2_mail = leases["s2", "web.user"], leases["s2", "mail.user"]
+    # the success released its dependents; the failure cancelled its own
+    assert {state(t) for t in _dependents(conn, s1_web.task_id)} <= {"queued", "pending"}
+    assert "queued" in {state(t) for t in _dependents(conn, s1_web.task_id)}
+    assert {state(t) for t in _dependents(conn, s2_web.task_id)} == {"cancelled"}
+    retry = conn.execute("SELECT run_after, last_error FROM tasks WHERE id = ?",
+                         (s1_mail.task_id,)).fetchone()
+    assert retry["run_after"] > at and retry["last_error"] == "E_CONNECT"
+    outcomes = dict(conn.execute("SELECT id, outcome FROM attempts WHERE ended_at = ?", (at,)))
+    assert outcomes == {s1_web.attempt_id: "done", s1_mail.attempt_id: "retry",
+                        s2_web.attempt_id: "fail", s2_mail.attempt_id: "done"}
+    # the late completion changed nothing: its attempt stays as the rescue recorded it
+    assert conn.execute("SELECT outcome FROM attempts WHERE id = ?",
+                        (stale[0].attempt_id,)).fetchone()[0] == "lost"
+    assert conn.execute("SELECT line FROM attempt_logs WHERE attempt_id = ?",
+                        (s1_web.attempt_id,)).fetchall()[0][0] == "one line"
+    services = dict(conn.execute("SELECT id, state FROM services"))
+    assert services == {"s1": "deploying", "s2": "error"}
+    feed = [r[0] for r in conn.execute("SELECT message FROM events WHERE at = ? ORDER BY id", (at,))]
+    assert len(feed) == 3 and any("failed" in m for m in feed)
+
+
+def test_tasks_without_a_node_are_leased_beyond_the_limit_but_node_tasks_never(env):
+    config, conn, limits = env
+    op = conn.execute("SELECT operation_id FROM services WHERE id = 's1'").fetchone()[0]
+    with store.write(conn):
+        conn.executemany(
+            "INSERT INTO tasks (service_id, operation_id, seq, action, label, node, args, blocking, "
+            "state, deps_left, max_attempts, run_after, created_at) "
+            "VALUES ('s1', ?, ?, 'test.noop', 'No-op', NULL, '{}', 0, 'queued', 0, 3, ?, ?)",
+            [(op, 100 + i, T0, T0) for i in range(10)])
+    with store.write(conn):
+        leases = queue.claim_in(conn, "r1", 1, limits, 60, T0, nodeless_limit=6)
+    on_nodes = [l for l in leases if l.node is not None]
+    assert len(on_nodes) == 1 and len(leases) == 6
+    with store.write(conn):
+        assert queue.claim_in(conn, "r1", 0, limits, 60, T0, nodeless_limit=0) == []

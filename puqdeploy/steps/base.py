@@ -41,6 +41,11 @@ class ServiceView:
     facts: dict
     params: dict
 
+    def for_attempt(self) -> "ServiceView":
+        """A copy for one step attempt: its own facts dict (set_fact adds to it), the rest
+        shared read-only with the other attempts of the same round."""
+        return ServiceView(**{**self.__dict__, "facts": dict(self.facts)})
+
 
 @dataclass
 class StepContext:
