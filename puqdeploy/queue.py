@@ -16,14 +16,16 @@ Semantics (see README "Design"):
 from __future__ import annotations
 
 import json
-import random
 import sqlite3
 import time
-from puqdeploy.frozen import frozen
-from typing import Iterable, Mapping, Optional, Protocol, Sequence
+from typing import TYPE_CHECKING, Iterable, Mapping, Optional, Protocol, Sequence
 
 from puqdeploy import store
+from puqdeploy.frozen import frozen
 from puqdeploy.outcomes import Done, Fail, Outcome, Retry, Wait
+
+if TYPE_CHECKING:
+    import random
 
 OPEN_STATES = ("pending", "queued", "running", "waiting")
 
@@ -73,7 +75,10 @@ def backoff_delay(policy: RetryPolicy, attempt: int, rng: random.Random | None =
     min(cap, base * factor^(attempt-1)), then scaled by a uniform factor in
     [1 - jitter, 1 + jitter] so that tasks failing together do not retry together.
     """
-    rng = rng or random
+    if rng is None:
+        import random  # lazy: `create` imports this module and never backs off
+
+        rng = random  # the module's shared generator
     raw = min(policy.max_seconds, policy.base_seconds * policy.factor ** max(0, attempt - 1))
     return raw * (1 + rng.uniform(-policy.jitter, policy.jitter))
 

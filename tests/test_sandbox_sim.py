@@ -133,7 +133,11 @@ def ready(template, node_dir, tmpfiles):
 
 def test_install_creates_wrapper_symlinks_and_keeps_data_on_rerun(node):
     wrapper = node.bin / "hestia"
-    assert wrapper.read_text().startswith("#!/bin/sh\n")
+    text = wrapper.read_text()
+    if os.access("/bin/bash", os.X_OK):  # bash tells the simulator when the command started
+        assert text.startswith("#!/bin/bash\n") and "PUQDEPLOY_SIM_STARTED=$EPOCHREALTIME exec" in text
+    else:
+        assert text.startswith("#!/bin/sh\n") and "EPOCHREALTIME" not in text
     assert os.access(wrapper, os.X_OK)
     for name in COMMAND_NAMES:
         assert os.readlink(node.bin / name) == "hestia"
@@ -143,6 +147,31 @@ def test_install_creates_wrapper_symlinks_and_keeps_data_on_rerun(node):
     node.package()
     assert install_node(node.path) == node.bin
     assert "biz" in read_panel(node.path)["packages"]
+
+
+def test_delay_counts_from_the_launch_stamp_not_from_the_interpreter_start(node):
+    """`delay_seconds` is how long a command takes as its caller sees it: the time before
+    hestia_sim runs (interpreter start) is inside it. A stamp 0.2 s in the past with a 0.3 s
+    delay leaves ~0.1 s to sleep; counted from the interpreter start it would be 0.3 s."""
+    set_faults(node.path, delay_seconds=0.3)
+    stamp = time.time() - 0.2
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-I", "-S", hestia_sim.__file__, str(node.path),
+                           "v-list-sys-info", "json"], capture_output=True, text=True,
+                          env={**os.environ, "PUQDEPLOY_SIM_STARTED": repr(stamp)})
+    wall = time.monotonic() - started
+    assert proc.returncode == 0, proc.stderr
+    entry = read_command_log(node.path)[-1]
+    assert entry["start"] == stamp and entry["end"] - entry["start"] >= 0.3
+    assert wall < 0.25, f"slept from the interpreter start: {wall:.3f} s"
+    # an implausible stamp (garbage, or in the future) is ignored: the delay counts from now
+    for bad in ("soon", repr(time.time() + 100)):
+        before = time.time()
+        subprocess.run([sys.executable, "-I", "-S", hestia_sim.__file__, str(node.path),
+                        "v-list-sys-info", "json"], capture_output=True,
+                       env={**os.environ, "PUQDEPLOY_SIM_STARTED": bad}, check=True)
+        entry = read_command_log(node.path)[-1]
+        assert before <= entry["start"] and entry["end"] - entry["start"] >= 0.3
 
 
 def test_script_runs_standalone_with_isolated_interpreter(node):

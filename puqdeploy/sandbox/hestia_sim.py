@@ -2374,10 +2374,25 @@ def take_fault_budget(node_dir, key, times):
         return True
 
 
-def slow_down(faults, program, args):
+def launched_at():
+    """When this command was started: the wrapper's ``$EPOCHREALTIME`` (bash) when present and
+    plausible, else now. A simulated command is a fresh Python process whose interpreter start
+    (~20 ms) happens before any of this code runs; counting from the wrapper's start puts that
+    time inside the command (in ``delay_seconds`` and in the commands.log duration) instead of
+    hiding it outside, so a "50 ms command" takes 50 ms as its caller sees it."""
+    now = time.time()
+    stamp = os.environ.get("PUQDEPLOY_SIM_STARTED", "").replace(",", ".")  # locale's point
+    try:
+        started = float(stamp)
+    except ValueError:
+        return now
+    return started if now - 60 < started <= now else now
+
+
+def slow_down(faults, program, args, started):
     """delay_seconds, hang and stream: the panel is slow, stuck, or talks a lot."""
     if faults.get("delay_seconds"):
-        time.sleep(float(faults["delay_seconds"]))
+        time.sleep(max(0.0, started + float(faults["delay_seconds"]) - time.time()))
     hang = faults.get("hang")
     if hang and matches(hang, program, args):
         import signal  # a polite kill (SIGTERM) still leaves a commands.log line
@@ -2396,11 +2411,11 @@ def slow_down(faults, program, args):
                 time.sleep(float(stream.get("interval", 0.1)))
 
 
-def run(node_dir, program, args):
+def run(node_dir, program, args, started):
     """Faults first (slowness, then an injected failure before or after the real work)."""
     faults = load_faults(node_dir)
     if faults:
-        slow_down(faults, program, args)
+        slow_down(faults, program, args, started)
     rule = claim_rule(node_dir, faults, program, args) if faults.get("rules") else None
     if rule is None:
         return execute(node_dir, program, args, faults)
@@ -2440,12 +2455,12 @@ class Recorder:
     Overlap is symmetric: a run that finds others running flags them (``PID.overlap``), so the
     earlier run learns about a later one even when that one finished first."""
 
-    def __init__(self, node_dir, program, args):
+    def __init__(self, node_dir, program, args, started):
         self.node_dir = node_dir
         self.program = program
         self.args = masked_args(program, args)
         self.pid = os.getpid()
-        self.start = time.time()
+        self.start = started
         self.running = os.path.join(node_dir, "running")
         os.makedirs(self.running, exist_ok=True)
         self.marker = os.path.join(self.running, str(self.pid))
@@ -2513,10 +2528,11 @@ def main(argv):
     if not os.path.isdir(os.path.join(node_dir, "data")):
         sys.stderr.write(f"hestia_sim: {node_dir} is not a simulated node (no data/)\n")
         return 1
-    recorder = Recorder(node_dir, program, args)
+    started = launched_at()
+    recorder = Recorder(node_dir, program, args, started)
     code = 1
     try:
-        code = run(node_dir, program, args)
+        code = run(node_dir, program, args, started)
     except SystemExit as stop:
         code = stop.code if isinstance(stop.code, int) else 1
         raise

@@ -52,13 +52,15 @@ STOCK_PACKAGES = {
                    MAIL_DOMAINS="1", MAIL_ACCOUNTS="1", DATABASES="0"),
 }
 
-WRAPPER = """#!/bin/sh
+WRAPPER = """#!{shell}
 # Simulated HestiaCP command (puqdeploy sandbox): runs hestia_sim for the name it is called by.
 # Imports hestia_sim rather than running it as a script so its bytecode is cached (~3x faster);
 # `python -I -S hestia_sim.py NODE PROGRAM ARGS...` is the same entry point.
-# ${{0##*/}} is `basename "$0"` without forking a process.
-exec {python} -I -S -c {code} {sim_dir} {node} "${{0##*/}}" "$@"
+# ${{0##*/}} is `basename "$0"` without forking a process. Under bash, $EPOCHREALTIME tells the
+# simulator when the command started, before the interpreter did (see hestia_sim.launched_at).
+{stamp}exec {python} -I -S -c {code} {sim_dir} {node} "${{0##*/}}" "$@"
 """
+BASH = "/bin/bash"
 _BOOT = ("import sys; sys.path.append(sys.argv.pop(1)); import hestia_sim; "
          "sys.exit(hestia_sim.main(sys.argv[1:]))")
 
@@ -121,7 +123,10 @@ def _create_admin(node: Path) -> None:
 
 
 def _write_wrapper(bin_dir: Path, node: Path, python: str) -> None:
-    text = WRAPPER.format(python=shlex.quote(python), code=shlex.quote(_BOOT),
+    bash = os.access(BASH, os.X_OK)  # else a POSIX sh, and the simulator's own start time
+    text = WRAPPER.format(shell=BASH if bash else "/bin/sh",
+                          stamp="PUQDEPLOY_SIM_STARTED=$EPOCHREALTIME " if bash else "",
+                          python=shlex.quote(python), code=shlex.quote(_BOOT),
                           sim_dir=shlex.quote(str(SIM_PATH.parent)), node=shlex.quote(str(node)))
     wrapper = bin_dir / "hestia"
     tmp = bin_dir / ".hestia.tmp"
@@ -142,7 +147,9 @@ def _write_wrapper(bin_dir: Path, node: Path, python: str) -> None:
 def set_faults(node_dir: Path, **knobs: Any) -> None:
     """Replace the node's fault knobs (and reset the `times` counters). Knobs, all optional:
 
-    - ``delay_seconds``: float, sleep before every command (a slow panel).
+    - ``delay_seconds``: float, every command takes at least this long (a slow panel),
+      counted from the moment its wrapper started, so the simulator's own interpreter start
+      (~20 ms) is part of it rather than added to it (see ``hestia_sim.launched_at``).
     - ``rules``: list of ``{"program": "v-add-user" | "*", "match": "substring of the joined
       arguments" (optional), "exit": 20, "message": "Error: ...", "times": N (only the first N
       matching runs fail; omit = always), "after": bool (do the real work first, then fail —
