@@ -233,8 +233,7 @@ def finish_in(conn: sqlite3.Connection, results: Sequence[tuple[Lease, Outcome]]
     written). Successes, the bulk of any batch, are recorded with a fixed number of
     statements whatever their number; the rarer outcomes one by one.
     """
-    conn.executemany("INSERT INTO attempt_logs (attempt_id, at, stream, line) "
-                     "VALUES (?, ?, ?, ?)", log_lines)
+    store.add_log_lines(conn, log_lines)
     # the leases still held, as (task, token, owner) -> cancel requested
     held = {(task, token, owner): cancel for task, token, owner, cancel in conn.execute(
         _HELD_SQL, {"leases": json.dumps([[lease.task_id, lease.token, lease.owner]

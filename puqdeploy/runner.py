@@ -24,7 +24,7 @@ import time
 import uuid
 from queue import Empty, SimpleQueue
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 from puqdeploy import queue, store
 from puqdeploy.hestia import Panel
@@ -127,44 +127,42 @@ class SharedConnection:
 
 
 class LogBuffer:
-    """Collects an attempt's log lines and writes them in small batches.
+    """Collects an attempt's log lines until the main thread writes them.
 
-    A command line is written as soon as the command starts, streamed output at least every
-    `interval` seconds, and whatever is left goes in the outcome's own transaction — so
-    `puqdeploy log --follow` sees a running command without one commit per line.
+    When a line is due — a command line at once (`puqdeploy log --follow` shows what runs
+    now), streamed output at least every `interval` seconds — the buffer asks the main thread
+    (`request`, once until its lines are taken), which writes them in its next grouped commit,
+    together with other workers' lines and outcomes. The worker never waits for an fsync
+    before starting its command. Whatever is left goes with the attempt's outcome.
     """
 
-    def __init__(self, db: SharedConnection, attempt_id: int, interval: float = 0.25) -> None:
-        self.db = db
+    def __init__(self, attempt_id: int, request: Callable[["LogBuffer"], None],
+                 interval: float = 0.25) -> None:
         self.attempt_id = attempt_id
+        self.request = request
         self.interval = interval
         self.pending: list[tuple[int, float, str, str]] = []
-        self.last_flush = time.monotonic()
+        self.requested = False
+        self.last_take = time.monotonic()
         self.lock = threading.Lock()
 
     def __call__(self, stream: str, line: str) -> None:
         with self.lock:
             self.pending.append((self.attempt_id, store.now(), stream, line))
-            # a command line is written at once (`log --follow` shows what runs now); the rest
-            # rides along with the next command or the outcome, or goes after `interval`
-            due = stream == "cmd" or time.monotonic() - self.last_flush >= self.interval
+            due = not self.requested and (
+                stream == "cmd" or time.monotonic() - self.last_take >= self.interval)
+            if due:
+                self.requested = True
         if due:
-            self.flush()
+            self.request(self)
 
     def take(self) -> list[tuple[int, float, str, str]]:
         """The lines not written yet (the caller writes them in its own transaction)."""
         with self.lock:
             batch, self.pending = self.pending, []
-            self.last_flush = time.monotonic()
+            self.requested = False
+            self.last_take = time.monotonic()
         return batch
-
-    def flush(self) -> None:
-        batch = self.take()
-        if batch:
-            with self.db as conn, store.write(conn):
-                conn.executemany(
-                    "INSERT INTO attempt_logs (attempt_id, at, stream, line) VALUES (?, ?, ?, ?)",
-                    batch)
 
 
 @dataclass
@@ -188,6 +186,7 @@ class Runner:
         self._active: dict[int, Lease] = {}
         self._active_lock = threading.Lock()
         self._box: Optional[SecretBox] = None
+        self._results: SimpleQueue = SimpleQueue()  # what the workers report to the main thread
         self.tickets = self.config.tickets.enabled
 
     # -- connections -------------------------------------------------------------------------
@@ -230,8 +229,11 @@ class Runner:
         stop = threading.Event()
         beat = threading.Thread(target=self._heartbeat_loop, args=(stop,), daemon=True)
         beat.start()
-        results: SimpleQueue = SimpleQueue()  # (lease, outcome, log lines) from the workers
+        # from the workers: (lease, outcome, log lines) when a task ends, or a LogBuffer whose
+        # lines are due now
+        results: SimpleQueue = self._results
         arrived: list[tuple[Lease, Outcome, list]] = []
+        logs: list[LogBuffer] = []
         retried: set[int] = set()  # back in the queue after a failed attempt in this tick
         first_round = True
         try:
@@ -239,10 +241,10 @@ class Runner:
                 while True:
                     may_claim = time.monotonic() < deadline and (first_round or not self.once)
                     free = self.workers - len(self._active) + len(arrived)
-                    if arrived or (may_claim and free + NODELESS_PREFETCH > 0):
+                    if arrived or logs or (may_claim and free + NODELESS_PREFETCH > 0):
                         leases, rows = self._record_and_claim(
-                            db, arrived, summary, retried, free if may_claim else None)
-                        arrived = []
+                            db, arrived, logs, summary, retried, free if may_claim else None)
+                        arrived, logs = [], []
                         # each service row decoded once per round; every attempt gets its own
                         # copy of the facts it may add to
                         views = {sid: base.service_from_row(row) for sid, row in rows.items()}
@@ -256,15 +258,13 @@ class Runner:
                     first_round = False
                     if not self._active:
                         break
-                    try:  # wait for one outcome, then take every other one already there
-                        arrived.append(results.get(timeout=0.5))
+                    try:  # wait for one report, then take every other one already there
+                        item = results.get(timeout=0.5)
+                        while True:
+                            (logs if isinstance(item, LogBuffer) else arrived).append(item)
+                            item = results.get_nowait()
                     except Empty:
-                        continue
-                    while True:
-                        try:
-                            arrived.append(results.get_nowait())
-                        except Empty:
-                            break
+                        pass
         finally:
             stop.set()
             beat.join()
@@ -272,14 +272,17 @@ class Runner:
         summary.seconds = time.monotonic() - started
         return summary
 
-    def _record_and_claim(self, db: SharedConnection, arrived: list, summary: TickSummary,
-                          retried: set[int], free: Optional[int]) -> tuple[list[Lease], dict]:
-        """One grouped commit: the outcomes that arrived, then new leases for `free` workers
-        (None: claim nothing), with their services' rows read in the same snapshot."""
+    def _record_and_claim(self, db: SharedConnection, arrived: list, logs: list,
+                          summary: TickSummary, retried: set[int],
+                          free: Optional[int]) -> tuple[list[Lease], dict]:
+        """One grouped commit: the log lines that are due, the outcomes that arrived, then new
+        leases for `free` workers (None: claim nothing), with their services' rows read in
+        the same snapshot."""
         with db as conn, store.write(conn):
             # one clock reading for both halves, under the write lock: a task claimed on a node
             # never appears to start before the one it replaced ended
             at = store.now()
+            store.add_log_lines(conn, [line for buffer in logs for line in buffer.take()])
             if arrived:
                 states = queue.finish_in(
                     conn, [(lease, outcome) for lease, outcome, _ in arrived], self.policy, at,
@@ -325,7 +328,7 @@ class Runner:
                    service: Optional[base.ServiceView]) -> tuple[Lease, Outcome, list]:
         """Run one leased task; returns what the main thread records: the lease, the outcome
         and the log lines not written yet."""
-        log = LogBuffer(self._db(), lease.attempt_id)
+        log = LogBuffer(lease.attempt_id, self._results.put)
         try:
             outcome = self._outcome(lease, row, service, log)
         except Exception as exc:  # building the context failed (e.g. key file unreadable)

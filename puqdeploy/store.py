@@ -289,6 +289,12 @@ def add_events(conn: sqlite3.Connection, rows: Iterable[tuple]) -> None:
         "INSERT INTO events (service_id, task_id, at, level, message) VALUES (?, ?, ?, ?, ?)", rows)
 
 
+def add_log_lines(conn: sqlite3.Connection, rows: Iterable[tuple]) -> None:
+    """Append attempt log lines given as (attempt_id, at, stream, line) rows."""
+    conn.executemany("INSERT INTO attempt_logs (attempt_id, at, stream, line) VALUES (?, ?, ?, ?)",
+                     rows)
+
+
 def service_rows(conn: sqlite3.Connection, service_ids: Iterable[str]) -> dict[str, sqlite3.Row]:
     """The `services` rows of the given ids, by id (one statement for a claimed batch)."""
     import json  # not at module level: the idle tick imports nothing it does not need

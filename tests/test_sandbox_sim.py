@@ -8,6 +8,7 @@ import ast
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -20,8 +21,9 @@ import pytest
 from puqdeploy.sandbox import hestia_sim
 from puqdeploy.sandbox.node import (
     COMMAND_NAMES, check_password, clear_faults, install_node, read_command_log, read_panel,
-    set_faults,
+    set_faults, start_fork_server, stop_fork_server,
 )
+from tests.conftest import wait_for
 
 PACKAGE = {
     "WEB_TEMPLATE": "default", "BACKEND_TEMPLATE": "PHP-8_3", "PROXY_TEMPLATE": "default",
@@ -135,7 +137,7 @@ def test_install_creates_wrapper_symlinks_and_keeps_data_on_rerun(node):
     wrapper = node.bin / "hestia"
     text = wrapper.read_text()
     if os.access("/bin/bash", os.X_OK):  # bash tells the simulator when the command started
-        assert text.startswith("#!/bin/bash\n") and "PUQDEPLOY_SIM_STARTED=$EPOCHREALTIME exec" in text
+        assert text.startswith("#!/bin/bash\n") and "started=$EPOCHREALTIME" in text
     else:
         assert text.startswith("#!/bin/sh\n") and "EPOCHREALTIME" not in text
     assert os.access(wrapper, os.X_OK)
@@ -816,3 +818,57 @@ def test_one_command_is_fast(ready):
         ready.ok("v-list-user", "excom", "json")
         timings.append(time.perf_counter() - started)
     assert statistics.median(timings) < 0.25
+
+
+# --------------------------------------------------------------------------- fork server
+
+def test_fork_server_runs_commands_exactly_like_their_own_process(ready):
+    """Same exit code, stdout, stderr, stdin and panel changes with the server as without; a
+    served command is a forked child (its own pid), a plain one is the wrapper exec'ing."""
+    calls = [("v-list-sys-info", "json"), ("v-list-user", "excom", "json"),
+             ("v-list-user", "nobody", "json"), ("v-add-user-package",),
+             ("v-add-web-domain", "excom", "bad..domain")]
+
+    def run_all():
+        results = []
+        for call in calls:
+            proc = subprocess.Popen([str(ready.bin / call[0]), *call[1:]], stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            out, err = proc.communicate(timeout=20)
+            results.append((proc.returncode, out, err, read_command_log(ready.path)[-1]["pid"] == proc.pid))
+        return results
+
+    plain = run_all()
+    server = start_fork_server([ready.path])
+    try:
+        served = run_all()
+        ready.ok("v-change-user-password", "excom", stdin="Served-pass\n")  # stdin reaches it
+    finally:
+        stop_fork_server(server)
+    assert [r[:3] for r in served] == [r[:3] for r in plain]
+    assert {r[0] for r in plain} >= {0, 3}  # successes and failures both compared
+    assert all(r[3] for r in plain) and not any(r[3] for r in served)
+    assert check_password(ready.path, "excom", "Served-pass")
+    assert not (ready.path / "simd.port").exists()
+    wrapper = subprocess.Popen([str(ready.bin / "v-list-sys-info"), "json"], stdout=subprocess.PIPE)
+    wrapper.communicate(timeout=20)
+    assert read_command_log(ready.path)[-1]["pid"] == wrapper.pid  # stopped: plain again
+
+
+def test_fork_server_streams_output_and_kills_the_command_with_its_wrapper(node):
+    set_faults(node.path, hang={"program": "v-list-sys-info", "seconds": 60, "line": "stuck"})
+    server = start_fork_server([node.path])
+    try:
+        proc = subprocess.Popen([str(node.bin / "v-list-sys-info"), "json"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                start_new_session=True)
+        assert proc.stdout.readline() == b"stuck\n"  # streamed while the command runs
+        markers = [m for m in os.listdir(node.path / "running") if m.isdigit()]
+        assert len(markers) == 1 and int(markers[0]) != proc.pid
+        child = int(markers[0])
+        os.killpg(proc.pid, signal.SIGKILL)  # what a timeout does to a command
+        proc.wait()
+        wait_for(lambda: not Path(f"/proc/{child}").exists(), timeout=10,
+                 what="the served command to die with its wrapper")
+    finally:
+        stop_fork_server(server)

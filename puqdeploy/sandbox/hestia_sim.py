@@ -2389,10 +2389,8 @@ def launched_at():
     return started if now - 60 < started <= now else now
 
 
-def slow_down(faults, program, args, started):
-    """delay_seconds, hang and stream: the panel is slow, stuck, or talks a lot."""
-    if faults.get("delay_seconds"):
-        time.sleep(max(0.0, started + float(faults["delay_seconds"]) - time.time()))
+def slow_down(faults, program, args):
+    """hang and stream: the panel is stuck, or talks a lot (delay_seconds: see `run`)."""
     hang = faults.get("hang")
     if hang and matches(hang, program, args):
         import signal  # a polite kill (SIGTERM) still leaves a commands.log line
@@ -2412,10 +2410,20 @@ def slow_down(faults, program, args, started):
 
 
 def run(node_dir, program, args, started):
-    """Faults first (slowness, then an injected failure before or after the real work)."""
+    """The command with the node's faults; on a slow panel (delay_seconds) it ends no sooner
+    than that long after it `started`, its own work included."""
     faults = load_faults(node_dir)
+    try:
+        return act(node_dir, program, args, faults)
+    finally:
+        if faults.get("delay_seconds"):
+            time.sleep(max(0.0, started + float(faults["delay_seconds"]) - time.time()))
+
+
+def act(node_dir, program, args, faults):
+    """Faults first (slowness, then an injected failure before or after the real work)."""
     if faults:
-        slow_down(faults, program, args, started)
+        slow_down(faults, program, args)
     rule = claim_rule(node_dir, faults, program, args) if faults.get("rules") else None
     if rule is None:
         return execute(node_dir, program, args, faults)

@@ -22,6 +22,7 @@ import hmac
 import json
 import os
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -52,13 +53,31 @@ STOCK_PACKAGES = {
                    MAIL_DOMAINS="1", MAIL_ACCOUNTS="1", DATABASES="0"),
 }
 
-WRAPPER = """#!{shell}
+WRAPPER_SH = """#!/bin/sh
 # Simulated HestiaCP command (puqdeploy sandbox): runs hestia_sim for the name it is called by.
 # Imports hestia_sim rather than running it as a script so its bytecode is cached (~3x faster);
 # `python -I -S hestia_sim.py NODE PROGRAM ARGS...` is the same entry point.
-# ${{0##*/}} is `basename "$0"` without forking a process. Under bash, $EPOCHREALTIME tells the
-# simulator when the command started, before the interpreter did (see hestia_sim.launched_at).
-{stamp}exec {python} -I -S -c {code} {sim_dir} {node} "${{0##*/}}" "$@"
+# ${{0##*/}} is `basename "$0"` without forking a process.
+exec {python} -I -S -c {code} {sim_dir} {node} "${{0##*/}}" "$@"
+"""
+WRAPPER_BASH = """#!/bin/bash
+# Simulated HestiaCP command (puqdeploy sandbox): runs hestia_sim for the name it is called by.
+# $EPOCHREALTIME tells the simulator when the command started, before any interpreter did
+# (see hestia_sim.launched_at). When the sandbox's fork server runs (simd.py, which wrote
+# simd.port), the command goes to it: a forked child runs it with this script's own stdio, at
+# a fraction of an interpreter start. Otherwise (or if the server answers `exec`) python runs
+# hestia_sim, imported rather than run as a script so its bytecode is cached (~3x faster);
+# `python -I -S hestia_sim.py NODE PROGRAM ARGS...` is the same entry point.
+# ${{0##*/}} is `basename "$0"` without forking a process.
+started=$EPOCHREALTIME
+if [ -e {node}/simd.port ] && read -r port < {node}/simd.port \\
+    && {{ exec 3<>"/dev/tcp/127.0.0.1/$port"; }} 2>/dev/null; then
+  printf '%s\\0' "$#" "$started" "$$" {node} "${{0##*/}}" "$@" >&3
+  read -r -u 3 code || code=70  # the server went away during the command
+  if [ "$code" != exec ]; then exit "$code"; fi
+  exec 3>&-
+fi
+PUQDEPLOY_SIM_STARTED=$started exec {python} -I -S -c {code} {sim_dir} {node} "${{0##*/}}" "$@"
 """
 BASH = "/bin/bash"
 _BOOT = ("import sys; sys.path.append(sys.argv.pop(1)); import hestia_sim; "
@@ -123,10 +142,9 @@ def _create_admin(node: Path) -> None:
 
 
 def _write_wrapper(bin_dir: Path, node: Path, python: str) -> None:
-    bash = os.access(BASH, os.X_OK)  # else a POSIX sh, and the simulator's own start time
-    text = WRAPPER.format(shell=BASH if bash else "/bin/sh",
-                          stamp="PUQDEPLOY_SIM_STARTED=$EPOCHREALTIME " if bash else "",
-                          python=shlex.quote(python), code=shlex.quote(_BOOT),
+    # without bash: a POSIX sh, the simulator's own start time, and no fork server
+    template = WRAPPER_BASH if os.access(BASH, os.X_OK) else WRAPPER_SH
+    text = template.format(python=shlex.quote(python), code=shlex.quote(_BOOT),
                           sim_dir=shlex.quote(str(SIM_PATH.parent)), node=shlex.quote(str(node)))
     wrapper = bin_dir / "hestia"
     tmp = bin_dir / ".hestia.tmp"
@@ -142,14 +160,41 @@ def _write_wrapper(bin_dir: Path, node: Path, python: str) -> None:
         link.symlink_to("hestia")
 
 
+# --------------------------------------------------------------------------- fork server
+
+SIMD_PATH = SIM_PATH.parent / "simd.py"
+
+
+def start_fork_server(node_dirs: list[Path], python: str = sys.executable) -> subprocess.Popen:
+    """Start the simulator's fork server (simd.py) for these nodes and return once it serves
+    them: their bash wrappers then hand commands to it instead of starting an interpreter each
+    (see simd.py). Stop it with `stop_fork_server`."""
+    proc = subprocess.Popen([python, "-I", "-S", str(SIMD_PATH), *map(str, node_dirs)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            start_new_session=True)
+    line = proc.stdout.readline()  # "ready" once every simd.port is written
+    proc.stdout.close()
+    if line.strip() != b"ready":
+        proc.kill()
+        proc.wait()
+        raise RuntimeError(f"the simulator's fork server did not start (exit {proc.returncode})")
+    return proc
+
+
+def stop_fork_server(proc: subprocess.Popen) -> None:
+    """Stop the fork server (it removes the simd.port files); commands still running finish."""
+    proc.terminate()
+    proc.wait()
+
+
 # --------------------------------------------------------------------------- faults
 
 def set_faults(node_dir: Path, **knobs: Any) -> None:
     """Replace the node's fault knobs (and reset the `times` counters). Knobs, all optional:
 
-    - ``delay_seconds``: float, every command takes at least this long (a slow panel),
+    - ``delay_seconds``: float, every command takes at least this long in all (a slow panel):
       counted from the moment its wrapper started, so the simulator's own interpreter start
-      (~20 ms) is part of it rather than added to it (see ``hestia_sim.launched_at``).
+      (~20 ms) and work are part of it rather than added to it (see ``hestia_sim.launched_at``).
     - ``rules``: list of ``{"program": "v-add-user" | "*", "match": "substring of the joined
       arguments" (optional), "exit": 20, "message": "Error: ...", "times": N (only the first N
       matching runs fail; omit = always), "after": bool (do the real work first, then fail —
