@@ -818,11 +818,24 @@ def _host_key(s: _Section, line: str) -> str:
 
 
 def _ip_literal(text: str) -> Optional[str]:
-    """The canonical form of an IPv4/IPv6 literal, or None when `text` is not one."""
-    import ipaddress  # already loaded by most callers; cheap either way
+    """The canonical form of an IPv4/IPv6 literal, or None when `text` is not one.
+
+    Dotted quads are checked here (as `ipaddress` does: four decimal parts 0-255, no leading
+    zeros); `ipaddress` itself (2-4 ms to import, on every command that loads the config) is
+    imported only for a literal with a colon.
+    """
+    text = text.strip()
+    if ":" not in text:
+        parts = text.split(".")
+        if len(parts) == 4 and all(p.isdigit() and p.isascii() and len(p) <= 3
+                                   and (p == "0" or not p.startswith("0")) and int(p) <= 255
+                                   for p in parts):
+            return text
+        return None
+    import ipaddress
 
     try:
-        return str(ipaddress.ip_address(text.strip()))
+        return str(ipaddress.IPv6Address(text))
     except ValueError:
         return None
 

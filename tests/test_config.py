@@ -640,3 +640,20 @@ def test_parse_limit_overrides_errors(pair, words):
         parse_limit_overrides([pair])
     assert words in str(info.value)
     assert info.value.exit_code == 2
+
+
+@pytest.mark.parametrize("text", [
+    "127.0.0.1", "0.0.0.0", "255.255.255.255", "256.1.1.1", "01.2.3.4", "1.2.3", "1.2.3.4.5",
+    "a.b.c.d", " 10.0.0.1 ", "\u0661.2.3.4", "1.2.3.-4", "", "example.com", "1..2.3", "0.0.0.00",
+    "+1.2.3.4", "1.2.3.4\n", "::1", "2001:DB8::1", "fe80::1%eth0", "1:2", "::ffff:1.2.3.4"])
+def test_ip_literals_are_recognised_exactly_as_ipaddress_does(text):
+    """The config checks dotted quads itself (ipaddress is slow to import): same verdicts."""
+    import ipaddress
+
+    from puqdeploy.config import _ip_literal
+
+    try:
+        expected = str(ipaddress.ip_address(text.strip()))
+    except ValueError:
+        expected = None
+    assert _ip_literal(text) == expected
