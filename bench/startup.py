@@ -174,6 +174,14 @@ def _traced(conn, fn) -> list[str]:
     return [s for s in seen if not re.match(r"\s*(BEGIN|COMMIT|ROLLBACK|PRAGMA|SAVEPOINT|RELEASE)", s, re.I)]
 
 
+def _distinct(statements: list[str]) -> list[str]:
+    """One of each statement shape (executemany traces every row; literals differ)."""
+    seen: dict[str, str] = {}
+    for sql in statements:
+        seen.setdefault(re.sub(r"'[^']*'|\b\d+(\.\d+)?\b", "?", sql), sql)
+    return list(seen.values())
+
+
 def query_plans(small_db: Path, big_db: Path, small_sid: str, big_sid: str, node_limits: dict) -> tuple[list[str], dict]:
     """Plans of what the idle tick, status, the claim and a completion run; timed on both DBs."""
     from puqdeploy import queue, store, views
@@ -181,24 +189,30 @@ def query_plans(small_db: Path, big_db: Path, small_sid: str, big_sid: str, node
     def statements(db: Path, sid: str) -> dict[str, list[str]]:
         conn = store.open_store(str(db))
         op = conn.execute("SELECT operation_id FROM services WHERE id = ?", (sid,)).fetchone()[0]
-        task = conn.execute("SELECT id FROM tasks WHERE operation_id = ? LIMIT 1", (op,)).fetchone()[0]
         groups = {
             "idle tick: has_due": _traced(conn, lambda: store.has_due(conn)),
             "idle tick: has_expired": _traced(conn, lambda: store.has_expired(conn)),
             "status --json: views.status": _traced(conn, lambda: views.status(conn, sid)),
         }
 
-        def settle():
+        def a_round():
+            """One grouped commit of the runner, rolled back: claim what is due (the queued
+            services' first steps, due "tomorrow": the clock is moved on), then record their
+            successes, which settles nothing yet and releases their dependents."""
+            from puqdeploy.config import RetryConfig
+            from puqdeploy.outcomes import Done
+
+            at = time.time() + 3 * 86400
             conn.execute("BEGIN IMMEDIATE")
             try:
-                queue.settle_operation(conn, op, time.time())
+                leases = queue.claim_in(conn, "bench", 8, node_limits, 300, at)
+                queue.finish_in(conn, [(lease, Done("created")) for lease in leases],
+                                RetryConfig(), at, log_lines=[(l.attempt_id, at, "info", "x")
+                                                              for l in leases])
             finally:
                 conn.execute("ROLLBACK")
 
-        groups["each completion: settle_operation"] = _traced(conn, settle)
-        fenced = ("SELECT cancel_requested, label, node FROM tasks WHERE id = %d AND state = 'running' "
-                  "AND lease_owner = 'x' AND lease_token = 1" % task)
-        groups["each completion: fenced lookup"] = [fenced]
+        groups["a runner round: claim_in + finish_in"] = _distinct(_traced(conn, a_round))
         conn.close()
         return groups
 
@@ -220,11 +234,6 @@ def query_plans(small_db: Path, big_db: Path, small_sid: str, big_sid: str, node
                          f"(x{t_big / t_small if t_small else 0:.1f})")
             lines += ["    " + p for p in explain(conn_b, sql)]
             raw.setdefault(group, []).append({"sql": first, "small_ms": t_small * 1e3, "big_ms": t_big * 1e3})
-    known = {"limits": json.dumps(node_limits), "exclude": "[]", "now": time.time(), "owner": "bench",
-             "expires": time.time() + 300, "limit": 8}
-    claim_params = {name: known.get(name, None) for name in set(re.findall(r":(\w+)", queue._CLAIM_SQL))}
-    lines.append("[claim: queue._CLAIM_SQL (plan on the big database)]")
-    lines += ["    " + p for p in explain(conn_b, queue._CLAIM_SQL, claim_params)]
     conn_s.close()
     conn_b.close()
     return lines, raw

@@ -183,7 +183,8 @@ def claim_in(conn: sqlite3.Connection, owner: str, limit: int, node_limits: Mapp
         attempt=row["attempts"], max_attempts=row["max_attempts"],
         attempt_id=attempt_ids[row["id"]], owner=owner, token=row["lease_token"],
         wait_deadline=row["wait_deadline"]) for row in sorted(rows, key=lambda r: r["id"])]
-    conn.execute("UPDATE services SET state = 'deploying', updated_at = ? WHERE state = 'queued' "
+    # `+state`: look the services up by id, not through every queued service (services_state)
+    conn.execute("UPDATE services SET state = 'deploying', updated_at = ? WHERE +state = 'queued' "
                  "AND id IN (SELECT value FROM json_each(?))",
                  (at, json.dumps(sorted({lease.service_id for lease in leases}))))
     return leases
@@ -324,7 +325,8 @@ def _on_done(conn: sqlite3.Connection, done: Sequence[tuple[Lease, Done]], at: f
     conn.execute("UPDATE tasks SET deps_left = deps_left - (SELECT count(*) FROM task_deps d "
                  "WHERE d.task_id = tasks.id AND d.depends_on IN (SELECT value FROM json_each(:done))) "
                  f"WHERE id IN ({_DEPENDENTS})", params)
-    conn.execute("UPDATE tasks SET state = 'queued', run_after = :at WHERE state = 'pending' "
+    # `+state`: the dependents by id, not every pending task of the database (tasks_state)
+    conn.execute("UPDATE tasks SET state = 'queued', run_after = :at WHERE +state = 'pending' "
                  f"AND deps_left <= 0 AND id IN ({_DEPENDENTS})", params)
     for operation_id in dict.fromkeys(lease.operation_id for lease, _ in done):
         settle_operation(conn, operation_id, at)
@@ -357,13 +359,13 @@ def _go_terminal(conn: sqlite3.Connection, task_id: int, service_id: str, at: fl
                  "last_error = ?, finished_at = ? WHERE id = ?", (error, at, task_id))
     task = conn.execute("SELECT label, blocking, operation_id, action FROM tasks WHERE id = ?",
                         (task_id,)).fetchone()
-    conn.execute(
+    conn.execute(  # `+state`: the downstream tasks by id, not every open task (tasks_state)
         """WITH RECURSIVE downstream(id) AS (
                SELECT task_id FROM task_deps WHERE depends_on = :id
                UNION SELECT d.task_id FROM task_deps d JOIN downstream ON d.depends_on = downstream.id)
            UPDATE tasks SET state = 'cancelled', finished_at = :at,
                   last_error = 'cancelled: ' || :label || ' failed'
-            WHERE id IN (SELECT id FROM downstream) AND state IN ('pending', 'queued', 'waiting')""",
+            WHERE id IN (SELECT id FROM downstream) AND +state IN ('pending', 'queued', 'waiting')""",
         {"id": task_id, "at": at, "label": task["label"]})
     if task["blocking"]:
         reason = f"{task['label']} failed: {error}"

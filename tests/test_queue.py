@@ -256,3 +256,29 @@ def test_tasks_without_a_node_are_leased_beyond_the_limit_but_node_tasks_never(e
     assert len(on_nodes) == 1 and len(leases) == 6
     with store.write(conn):
         assert queue.claim_in(conn, "r1", 0, limits, 60, T0, nodeless_limit=0) == []
+
+
+def test_a_round_finds_its_rows_by_key_however_many_tasks_wait(env):
+    """Every statement of a claim + record round reaches its rows through a key or a range
+    scan of due/running work, never through all queued services or all pending tasks — the
+    plans SQLite chooses here (no ANALYZE statistics) are the ones it chooses on any size."""
+    config, conn, limits = env
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    with store.write(conn):
+        leases = queue.claim_in(conn, "r1", 8, limits, 60, T0)
+        # a success (releases its dependents) and a terminal failure (cancels its own)
+        queue.finish_in(conn, [(leases[0], Done("created")), (leases[1], Fail("E_LIMIT"))],
+                        _policy(config), T0)
+    conn.set_trace_callback(None)
+    assert len(leases) == 2
+    plans = {}
+    for sql in statements:
+        if sql.split()[0].upper() in ("SELECT", "UPDATE", "INSERT", "WITH"):
+            plans[sql] = " | ".join(r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql))
+    assert plans and not [p for p in plans.values() if "SCAN tasks" in p or "SCAN services" in p]
+    by_id = {sql: plan for sql, plan in plans.items() if " id IN (SELECT" in sql and "UPDATE" in sql}
+    assert len(by_id) >= 4  # the claim, the service state, the promotion, the cancellation
+    for sql, plan in by_id.items():
+        assert "PRIMARY KEY" in plan or "autoindex" in plan, (sql, plan)
+        assert "tasks_state" not in plan and "services_state" not in plan, (sql, plan)
