@@ -214,11 +214,13 @@ def finish(conn: sqlite3.Connection, lease: Lease, outcome: Outcome, policy: Ret
 
 
 # CROSS JOIN fixes the loop order: each lease looks its task up by primary key (a plain JOIN
-# lets the planner walk every running task through tasks_state instead)
+# lets the planner walk every running task through tasks_state instead). json_extract rather
+# than `->>`, which needs SQLite 3.38.
 _HELD_SQL = """
 SELECT t.id, t.lease_token, t.lease_owner, t.cancel_requested FROM json_each(:leases) AS j
- CROSS JOIN tasks AS t ON t.id = j.value ->> 0
- WHERE t.state = 'running' AND t.lease_token = j.value ->> 1 AND t.lease_owner = j.value ->> 2
+ CROSS JOIN tasks AS t ON t.id = json_extract(j.value, '$[0]')
+ WHERE t.state = 'running' AND t.lease_token = json_extract(j.value, '$[1]')
+   AND t.lease_owner = json_extract(j.value, '$[2]')
 """
 
 

@@ -1,9 +1,12 @@
 """One cron tick: rescue expired leases, then lease and run due tasks until the work or the
 budget runs out.
 
-- A bounded thread pool (`workers`) runs steps; the main thread keeps leasing as tasks finish,
-  so tasks unblocked during the tick start in the same tick and a healthy service deploys in
-  ONE tick.
+- A bounded pool of `workers` threads runs steps; the main thread keeps leasing as tasks
+  finish, so tasks unblocked during the tick start in the same tick and a healthy service
+  deploys in ONE tick.
+- Grouped commits: the main thread alone writes the queue, one transaction per round — the
+  outcomes and due log lines the workers reported since the last round, then the next leases
+  for the freed workers — so one fsync serves many tasks.
 - Per-node concurrency is enforced by the claim query in the database (across processes).
 - One transport (connection) per node per tick, shared by that node's tasks.
 - A heartbeat thread extends the leases of running tasks so long commands keep their lease;
@@ -22,8 +25,8 @@ import sqlite3
 import threading
 import time
 import uuid
-from queue import Empty, SimpleQueue
 from dataclasses import dataclass, field
+from queue import Empty, SimpleQueue
 from typing import Callable, Optional
 
 from puqdeploy import queue, store
@@ -74,12 +77,12 @@ class StepPool:
     thread still reports, so the tick never waits for a task forever.
     """
 
-    def __init__(self, size: int, run, results: SimpleQueue) -> None:
+    def __init__(self, size: int, run: Callable[..., tuple], results: SimpleQueue) -> None:
         self.jobs: SimpleQueue = SimpleQueue()
         self.threads = [threading.Thread(target=self._loop, args=(run, results), daemon=True,
                                          name=f"step-{i}") for i in range(size)]
 
-    def _loop(self, run, results: SimpleQueue) -> None:
+    def _loop(self, run: Callable[..., tuple], results: SimpleQueue) -> None:
         while (job := self.jobs.get()) is not None:
             try:
                 results.put(run(*job))
