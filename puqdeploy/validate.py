@@ -7,7 +7,8 @@ a value Hestia would refuse must fail `create` at once (exit 2), not the fifth t
 
 Every function is pure, raises `UsageError` with one line naming the offending value (never a
 password), and returns the normalized value that callers must store and use from then on.
-Only `re` is imported eagerly; `secrets` and the IDNA codec load when first needed.
+Only `re` and `os` are imported eagerly; the IDNA codec loads when first needed, and passwords
+come from `os.urandom` directly (`secrets` would import random, hashlib and hmac).
 """
 
 from __future__ import annotations

@@ -29,12 +29,17 @@ import signal
 import socket
 import sys
 import threading
+import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import hestia_sim  # noqa: E402  (what the children run, imported once here)
 
 # modules hestia_sim imports inside functions: loaded once here, not in every child
-import binascii, fcntl, hashlib, json, subprocess  # noqa: E401,E402,F401
+import binascii  # noqa: E402,F401
+import fcntl  # noqa: E402,F401
+import hashlib  # noqa: E402,F401
+import json  # noqa: E402,F401
+import subprocess  # noqa: E402,F401
 
 PORT_FILE = "simd.port"
 
@@ -101,6 +106,9 @@ def _child(conn):
             code = hestia_sim.main([node_dir, program, *args])
         except SystemExit as stop:
             code = stop.code if isinstance(stop.code, int) else 1
+        except Exception:  # as an interpreter would: the traceback on stderr, exit 1
+            traceback.print_exc()
+            code = 1
         sys.stdout.flush()
         sys.stderr.flush()
         conn.sendall(f"{code}\n".encode())
