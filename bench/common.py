@@ -92,17 +92,17 @@ def _in_venv() -> bool:
 
 
 def puqdeploy_script(workdir: Path) -> Path:
-    """A console script exactly like the one pip writes for `puqdeploy = puqdeploy.cli:main`."""
+    """A console script exactly like the one pip writes for `puqdeploy = puqdeploy.cli:entry`."""
     path = workdir / "puqdeploy"
     path.write_text(
         f"#!{sys.executable}\n"
         "# -*- coding: utf-8 -*-\n"
         "import re\n"
         "import sys\n"
-        "from puqdeploy.cli import main\n"
+        "from puqdeploy.cli import entry\n"
         "if __name__ == '__main__':\n"
         "    sys.argv[0] = re.sub(r'(-script\\.pyw|\\.exe)?$', '', sys.argv[0])\n"
-        "    sys.exit(main())\n")
+        "    sys.exit(entry())\n")
     path.chmod(0o755)
     return path
 

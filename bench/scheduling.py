@@ -3,19 +3,26 @@ taking `delay` seconds, deployed by ONE `puqdeploy run` tick.
 
 With `max_concurrency: 1` per node, no schedule can beat the busiest node's serial work, so
 wall time ÷ that work says how much the runner loses to ordering, claiming and bookkeeping.
-Two denominators, both from the busiest node's NODE/commands.log:
 
-- nominal (the issue's definition): its command count × delay. Each simulated command also
-  pays a Python interpreter start (~20–30 ms, outside the logged start..end), which no scheduler
-  can remove; it is in the wall time but not in this denominator.
-- measured: Σ(end − start) of its commands (the delay plus the simulator's own work).
-- serial floor: measured + commands × the start cost of one simulated command (a bare serial
-  loop's wall time per command minus its logged duration, measured on the same node): the
-  time the busiest node's commands take back to back with no scheduler at all.
+The simulated commands: `delay_seconds` is a command's whole duration counted from its bash
+wrapper's start (hestia_sim.launched_at), and the simulator's fork server (sandbox/simd.py)
+runs them, so a command costs a fork instead of a Python interpreter start (15–40 ms of CPU
+each, which on a 2-core machine made five simulated nodes compete for the cores: every
+command took longer the more nodes were busy, which separate HestiaCP machines do not).
+
+Denominators, from the busiest node's NODE/commands.log:
+
+- nominal (the issue's definition): its command count × delay.
+- measured: Σ(end − start) of its commands (the delay, or the simulator's own work when that
+  takes longer).
+- serial floor: measured + commands × the start cost of one simulated command outside its
+  logged start..end (bash starting, before it reads the clock: a bare serial loop's wall time
+  per command minus its logged duration, on the same node, with the fork server): the time the
+  busiest node's commands take back to back with no scheduler at all.
 
 Also reported: the busiest node's busy span (first start .. last end), the idle gaps between its
-consecutive commands (what the runner and the interpreter starts cost there), and whether any
-two commands ever overlapped on a node (they must not: max_concurrency 1).
+consecutive commands (what the runner costs there), and whether any two commands ever
+overlapped on a node (they must not: max_concurrency 1).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """`python -m puqdeploy` runs the CLI, the same as the `puqdeploy` entry point."""
 
-from puqdeploy.cli import main
+from puqdeploy.cli import entry
 
-main()
+entry()

@@ -207,6 +207,12 @@ class Runner:
                 self._transports[node.name] = transport
             return transport
 
+    def close(self) -> None:
+        """Close the runner's database connection (a later tick opens a new one)."""
+        if self._shared is not None:
+            self._shared.close()
+            self._shared = None
+
     def _secret_box(self) -> SecretBox:
         if self._box is None:
             self._box = SecretBox.from_file(self.config.key_file)
