@@ -434,7 +434,8 @@ def test_hung_command_is_killed_at_the_timeout_and_retried(ssh_box):
     clear_faults(web1)
     wait_until_due(conn, task["id"])
     proc = box.cli("run", check=True)
-    assert "leased 3, done 3" in proc.stderr, proc.stderr
+    assert "leased 3, done 3" in proc.stderr, (proc.stderr, [tuple(r) for r in conn.execute(
+        "SELECT action, state, attempts, last_error FROM tasks WHERE last_error IS NOT NULL")])
     assert status(box)["state"] == "active"
     assert [a["outcome"] for a in attempts_of(conn, task["id"])] == ["timeout", "done"]
     assert list(read_panel(web1)["web"]["examplecom-web"]) == ["example.com"]
