@@ -19,7 +19,7 @@ import time
 from typing import Callable, Optional
 
 from puqdeploy.commands import Arg, Command, TempFile, secret_file
-from puqdeploy.remote import Transport
+from puqdeploy.remote import CommandResult, Transport
 
 E_ARGS, E_INVALID, E_NOTEXIST, E_EXISTS, E_SUSPENDED, E_UNSUSPENDED = 1, 2, 3, 4, 5, 6
 E_INUSE, E_LIMIT, E_PASSWORD = 7, 8, 9
@@ -85,6 +85,11 @@ def parse_json(text: str) -> dict:
 _INVALID_ESCAPE = re.compile(r'\\(?!["\\/bfnrtu])')
 
 
+def _both(result: CommandResult) -> str:
+    """stdout, then stderr if any: what an error message may quote."""
+    return result.stdout + ("\n" + result.stderr if result.stderr else "")
+
+
 def package_file(values: dict[str, str]) -> TempFile:
     """A package definition in the KEY='value' format v-add-user-package reads from a file."""
     body = "".join(f"{key}='{value}'\n" for key, value in values.items())
@@ -100,23 +105,31 @@ class Panel:
         self.log = log
 
     def run(self, program: str, *args: Arg) -> tuple[int, str]:
-        """Run a command; returns (exit code, stdout). Output lines go to the attempt log."""
+        """Run a command; returns (exit code, stdout + stderr). Output lines go to the attempt
+        log."""
+        result = self._run(program, args)
+        return result.exit_code, _both(result)
+
+    def _run(self, program: str, args: tuple) -> CommandResult:
         command = Command(program, tuple(args))
         self.log("cmd", "$ " + command.display())
         started = time.monotonic()
         result = self.transport.run(command, timeout=self.timeout, on_line=self.log)
         self.log("exit", f"exit {result.exit_code} ({time.monotonic() - started:.2f} s)")
-        return result.exit_code, result.stdout + ("\n" + result.stderr if result.stderr else "")
+        return result
 
     def check(self, program: str, *args: Arg) -> Optional[dict]:
-        """A `v-list-*` query: the parsed JSON, or None when the object does not exist."""
-        code, out = self.run(program, *args, "json")
-        if code == E_NOTEXIST:
+        """A `v-list-*` query: the parsed JSON, or None when the object does not exist.
+
+        Only stdout is JSON: a node's shell may write to stderr around any command (a login
+        script's warnings; root's pyenv setup on the test machine does under load)."""
+        result = self._run(program, (*args, "json"))
+        if result.exit_code == E_NOTEXIST:
             return None
-        if code != 0:
-            raise HestiaError(Command(program, tuple(args)), code, out)
+        if result.exit_code != 0:
+            raise HestiaError(Command(program, tuple(args)), result.exit_code, _both(result))
         try:
-            return parse_json(out)
+            return parse_json(result.stdout)
         except ValueError as exc:
             raise HestiaError(Command(program, tuple(args)), 12, f"Error: unparsable JSON: {exc}")
 
