@@ -77,7 +77,7 @@ class SecretBox:
 
         try:
             return opener.decrypt(nonce, body, version).decode()
-        except InvalidTag:
+        except (InvalidTag, ValueError):  # ValueError: cut short (a nonce under 12 bytes)
             raise OperationalError(
                 "stored secret cannot be decrypted: wrong key file for this database?") from None
 

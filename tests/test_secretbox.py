@@ -53,7 +53,7 @@ def test_box_still_reads_what_earlier_versions_wrote():
     assert SecretBox(key).decrypt(v1) == "Old-pass-1"
 
 
-@pytest.mark.parametrize("damage", ["flip", "wrong_key", "prefix", "version_swap"])
+@pytest.mark.parametrize("damage", ["flip", "wrong_key", "prefix", "version_swap", "truncated"])
 def test_tampered_or_foreign_secrets_fail_loudly(damage):
     key = os.urandom(32)
     blob = SecretBox(key).encrypt("S3cret-pass")
@@ -63,6 +63,8 @@ def test_tampered_or_foreign_secrets_fail_loudly(damage):
         blob = b"v9" + blob[2:]
     elif damage == "version_swap":  # the version is authenticated: v2 bytes read as v1 fail
         blob = b"v1" + blob[2:]
+    elif damage == "truncated":
+        blob = blob[:9]
     box = SecretBox(os.urandom(32) if damage == "wrong_key" else key)
     with pytest.raises(OperationalError) as info:
         box.decrypt(blob)
