@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from tests.sshkeys import generate_key, read_banner  # shared with the test fleet (no pytest)
+
 SSHD = "/usr/sbin/sshd"
 
 CONFIG = """\
@@ -44,34 +46,10 @@ Subsystem sftp internal-sftp
 {extra}"""
 
 
-def generate_key(private_path: Path, comment: str) -> str:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    key = Ed25519PrivateKey.generate()
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                serialization.NoEncryption())
-    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                           serialization.PublicFormat.OpenSSH).decode()
-    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(private)
-    Path(f"{private_path}.pub").write_text(f"{public} {comment}\n")
-    return public
-
-
 def free_port(address: str) -> int:
     with socket.socket() as sock:
         sock.bind((address, 0))
         return sock.getsockname()[1]
-
-
-def _banner(address: str, port: int) -> Optional[bytes]:
-    try:
-        with socket.create_connection((address, port), timeout=0.5) as sock:
-            return sock.recv(64)
-    except OSError:
-        return None
 
 
 class BenchSSHD:
@@ -105,7 +83,7 @@ class BenchSSHD:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"sshd exited: {(self.directory / 'sshd.log').read_text()}")
-            banner = _banner(self.address, self.port)
+            banner = read_banner(self.address, self.port, timeout=0.5)
             if banner and banner.startswith(b"SSH-"):
                 return self
             time.sleep(0.02)

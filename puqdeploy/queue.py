@@ -5,9 +5,11 @@ Semantics (see README "Design"):
 - A task is `pending` until its dependencies are done (`deps_left` reaches 0), then `queued`.
   Keeping the count on the row (instead of joining the DAG at claim time) keeps the claim query
   an index range scan however many finished tasks the database holds.
-- `claim` takes due tasks in ONE `UPDATE ... RETURNING` inside `BEGIN IMMEDIATE`, never more per
-  node than that node's `max_concurrency` minus what is already running there — counted in the
-  database, so it holds across overlapping cron ticks and several hosts.
+- `claim_in` takes due tasks in ONE `UPDATE ... RETURNING` inside the caller's
+  `BEGIN IMMEDIATE`, never more per node than that node's `max_concurrency` minus what is
+  already running there — counted in the database, so it holds across overlapping cron ticks
+  and several hosts. `finish_in` records outcomes in the same kind of transaction; the runner
+  does both in one (a grouped commit).
 - Each claim bumps `lease_token`; every completion is fenced by (id, state running, owner,
   token), so a runner that lost its lease can never overwrite the task's new life.
 - Expired leases are rescued at the start of every tick; the lost attempt is recorded.
@@ -129,17 +131,6 @@ def _candidates(conn: sqlite3.Connection, limit: int, nodeless_limit: int,
     return sorted(on_nodes + due(None, max(limit, nodeless_limit)))[:max(limit, nodeless_limit)]
 
 
-def claim(conn: sqlite3.Connection, owner: str, limit: int, node_limits: Mapping[str, int],
-          lease_seconds: float, at: float | None = None,
-          exclude: Iterable[int] = ()) -> list[Lease]:
-    """Lease up to `limit` due tasks for `owner` in a transaction of its own (see `claim_in`)."""
-    with store.write(conn):
-        # the clock is read under the write lock, so recorded start/end times of tasks on one
-        # node never appear to overlap when the executions did not
-        return claim_in(conn, owner, limit, node_limits, lease_seconds,
-                        store.now() if at is None else at, exclude)
-
-
 _ATTEMPT_ROWS_SQL = """
 INSERT INTO attempts (task_id, number, runner_id, started_at)
 SELECT j.value, (SELECT count(*) FROM attempts a WHERE a.task_id = j.value) + 1, :owner, :now
@@ -202,15 +193,6 @@ def heartbeat(conn: sqlite3.Connection, leases: Iterable[Lease], lease_seconds: 
                 "AND lease_owner = ? AND lease_token = ?",
                 (at + lease_seconds, lease.task_id, lease.owner, lease.token)).rowcount
     return extended
-
-
-def finish(conn: sqlite3.Connection, lease: Lease, outcome: Outcome, policy: RetryPolicy,
-           at: float | None = None, rng: random.Random | None = None,
-           tickets: bool = False, log_lines: Iterable[tuple] = ()) -> Optional[str]:
-    """Record one step's outcome in a transaction of its own (see `finish_in`)."""
-    with store.write(conn):
-        return finish_in(conn, [(lease, outcome)], policy, store.now() if at is None else at,
-                         rng=rng, tickets=tickets, log_lines=log_lines)[0]
 
 
 # CROSS JOIN fixes the loop order: each lease looks its task up by primary key (a plain JOIN

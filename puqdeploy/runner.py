@@ -87,7 +87,7 @@ class StepPool:
             try:
                 results.put(run(*job))
             except BaseException as exc:  # noqa: BLE001 - reported as the task's outcome
-                results.put((job[0], Retry(f"internal error: {type(exc).__name__}: {exc}"), []))
+                results.put((job[0], Retry(base.internal_error(exc)), []))
 
     def submit(self, *job) -> None:
         self.jobs.put(job)
@@ -341,8 +341,8 @@ class Runner:
         try:
             outcome = self._outcome(lease, row, service, log)
         except Exception as exc:  # building the context failed (e.g. key file unreadable)
-            log("error", f"internal error: {type(exc).__name__}: {exc}")
-            outcome = Retry(f"internal error: {type(exc).__name__}: {exc}")
+            log("error", base.internal_error(exc))
+            outcome = Retry(base.internal_error(exc))
         return lease, outcome, log.take()
 
     def _outcome(self, lease: Lease, row: Optional[sqlite3.Row],

@@ -21,7 +21,7 @@ from puqdeploy.sandbox.fleet import write_sandbox
 
 ROOT = Path(__file__).resolve().parent.parent
 
-pytest_plugins = ["tests.sshfleet", "tests.whmcs_fake", "tests.dnsfleet"]
+pytest_plugins = ["tests.sshfleet", "tests.whmcs_fake", "tests.dnsfleet", "tests.simnode"]
 
 
 def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
@@ -81,6 +81,22 @@ class Sandbox:
             else:
                 data[key] = value
         self.config_path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+    def deploy_slowly(self, service_id: str, *, delay: float = 0.3, steps_done: int = 1):
+        """A Split order on panels whose commands take `delay` s, and a `run` tick deploying
+        it; returns (the tick's process, a connection) once `steps_done` steps are done."""
+        from puqdeploy.sandbox.node import set_faults
+
+        self.edit_config(ssl={"enabled": False})
+        for name in ("web1", "mail1", "ns1", "ns2"):
+            set_faults(self.node(name), delay_seconds=delay)
+        self.cli("create", "--service-id", service_id, "--product", "sandbox-split",
+                 "--domain", "example.com", check=True)
+        runner = self.popen("run")
+        conn = self.db()
+        wait_for(lambda: conn.execute("SELECT count(*) FROM tasks WHERE state = 'done'")
+                 .fetchone()[0] >= steps_done, what=f"{steps_done} step(s) done")
+        return runner, conn
 
     def edit_node(self, name: str, **changes) -> None:
         data = yaml.safe_load(self.config_path.read_text())

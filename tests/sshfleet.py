@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -33,9 +32,7 @@ from typing import Any, Iterator, Optional
 import pytest
 
 from tests.processes import die_with_parent
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from tests.sshkeys import generate_key, read_banner
 
 SSHD = "/usr/sbin/sshd"
 PORT = int(os.environ.get("PUQDEPLOY_TEST_SSH_PORT", "2222"))
@@ -76,30 +73,6 @@ class FleetError(RuntimeError):
     """The fleet could not be brought into the state a test asked for."""
 
 
-def generate_key(private_path: Path, comment: str, kind: str = "ed25519") -> str:
-    """Write an unencrypted private key (0600) and its .pub; return the public line "TYPE BASE64".
-
-    ed25519 and ecdsa are written in OpenSSH's format, rsa in the legacy PEM format, so both
-    loaders of the transport get exercised.
-    """
-    if kind == "ed25519":
-        key, fmt = Ed25519PrivateKey.generate(), serialization.PrivateFormat.OpenSSH
-    elif kind == "ecdsa":
-        key, fmt = ec.generate_private_key(ec.SECP256R1()), serialization.PrivateFormat.OpenSSH
-    elif kind == "rsa":
-        key, fmt = rsa.generate_private_key(public_exponent=65537, key_size=2048), serialization.PrivateFormat.TraditionalOpenSSL
-    else:
-        raise ValueError(f"unknown key kind {kind!r}")
-    private = key.private_bytes(serialization.Encoding.PEM, fmt, serialization.NoEncryption())
-    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                           serialization.PublicFormat.OpenSSH).decode()
-    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(private)
-    Path(f"{private_path}.pub").write_text(f"{public} {comment}\n")
-    return public
-
-
 
 
 def _live_children() -> dict[int, list[int]]:
@@ -126,15 +99,6 @@ def descendants(pid: int) -> list[int]:
             found.append(child)
             todo.append(child)
     return found
-
-
-def _banner(address: str, port: int, timeout: float = 1.0) -> Optional[bytes]:
-    """The first bytes a server on address:port sends, or None when nothing accepts there."""
-    try:
-        with socket.create_connection((address, port), timeout=timeout) as sock:
-            return sock.recv(64)
-    except OSError:
-        return None
 
 
 @dataclass
@@ -184,7 +148,7 @@ class SSHNode:
         """Start sshd and return once it answers with an SSH banner; fail loudly otherwise."""
         if self.running:
             return
-        if _banner(self.address, self.port) is not None:
+        if read_banner(self.address, self.port) is not None:
             raise FleetError(f"{self.address}:{self.port} is already taken by another server "
                              f"(a stale sshd from an earlier run?); {self.name} cannot start")
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege separation dir
@@ -199,7 +163,7 @@ class SSHNode:
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 raise FleetError(f"sshd for {self.name} exited with {self._process.returncode}:\n{self.log()}")
-            banner = _banner(self.address, self.port, timeout=0.5)
+            banner = read_banner(self.address, self.port, timeout=0.5)
             if banner and banner.startswith(b"SSH-"):
                 return
             time.sleep(0.02)  # polling the readiness condition, bounded by the deadline

@@ -9,11 +9,9 @@ reload hook, and the verification module against the real thing, with no mocks.
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,53 +19,19 @@ import pytest
 
 from puqdeploy import dnscheck
 from puqdeploy.sandbox import hestia_sim
-from puqdeploy.sandbox.node import install_node, read_command_log
+from puqdeploy.sandbox.node import read_command_log
+from tests.simnode import Node
 
 
 NODE_ADDRESS = "127.0.77.131"  # not a sandbox/ssh-fleet node address: no clash with them
 WEB_IP = "127.0.77.1"
 TIMEOUT = 2.0
-PACKAGE = {
-    "WEB_TEMPLATE": "default", "BACKEND_TEMPLATE": "default", "PROXY_TEMPLATE": "default",
-    "DNS_TEMPLATE": "default", "WEB_DOMAINS": "1", "WEB_ALIASES": "unlimited",
-    "DNS_DOMAINS": "5", "DNS_RECORDS": "unlimited", "MAIL_DOMAINS": "1", "MAIL_ACCOUNTS": "2",
-    "RATE_LIMIT": "200", "DATABASES": "0", "CRON_JOBS": "0", "DISK_QUOTA": "1024",
-    "BANDWIDTH": "unlimited", "NS": "ns1.example.net,ns2.example.net", "SHELL": "nologin",
-    "BACKUPS": "1", "BACKUPS_INCREMENTAL": "no",
-}
+class SimNode(Node):
+    """A simulated DNS node: the shared test node plus its zone's serial, records and files."""
 
-
-class SimNode:
-    """A simulated node and its commands, run as subprocesses like a transport runs them."""
-
-    def __init__(self, path: Path, tmpfiles: list[str]) -> None:
-        self.path = path
-        self.bin = install_node(path)
-        self.tmpfiles = tmpfiles
-
-    def run(self, program: str, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([str(self.bin / program), *args], stdin=subprocess.DEVNULL,
-                              capture_output=True, text=True, timeout=60)
-
-    def ok(self, program: str, *args: str) -> str:
-        proc = self.run(program, *args)
-        assert proc.returncode == 0, (program, args, proc.stdout, proc.stderr)
-        return proc.stdout
-
-    def json(self, program: str, *args: str) -> dict:
-        return json.loads(self.ok(program, *args, "json"))
-
-    def tmpfile(self, content: str) -> str:
-        fd, path = tempfile.mkstemp(prefix="dnstest-", dir="/tmp")
-        with os.fdopen(fd, "w") as handle:
-            handle.write(content)
-        self.tmpfiles.append(path)
-        return path
-
-    def user(self, user: str = "excom") -> None:
-        package = self.tmpfile("".join(f"{k}='{v}'\n" for k, v in PACKAGE.items()))
-        self.ok("v-add-user-package", package, "biz")
-        self.ok("v-add-user", user, self.tmpfile("S3cret-pass\n"), "owner@example.com", "biz")
+    def user(self, user: str = "excom", **kw) -> None:
+        self.package(DNS_DOMAINS="5")  # room for the extra zones some tests add
+        super().user(user, **kw)
 
     def serial(self, domain: str = "example.com", user: str = "excom") -> int:
         return int(self.json("v-list-dns-domain", user, domain)[domain]["SERIAL"])
@@ -93,15 +57,6 @@ def expected_from_panel(records: dict) -> list[tuple[str, str, str]]:
             value = f"{rec['PRIORITY']} {value}"
         expected.append((rec["RECORD"], rec["TYPE"], value))
     return expected
-
-
-@pytest.fixture
-def tmpfiles():
-    paths: list[str] = []
-    yield paths
-    for path in paths:
-        if os.path.exists(path):
-            os.unlink(path)
 
 
 @pytest.fixture
@@ -367,7 +322,7 @@ def test_plain_node_writes_valid_zone_files_without_any_dns_server(node):
     node.ok("v-add-dns-domain", "excom", "example.com", WEB_IP)
     node.ok("v-add-mail-domain", "excom", "example.com")
     text = node.zone_file.read_text()
-    assert f"$ORIGIN example.com.\n$TTL 14400\n" in text
+    assert "$ORIGIN example.com.\n$TTL 14400\n" in text
     assert f"\t{node.serial()}\t; serial" in text
     assert node.zones_conf.read_text().splitlines()[1] == (
         f'zone "example.com" {{type master; file "{node.zone_file}";}};')

@@ -161,18 +161,8 @@ def test_terminate_while_the_deploy_runs_leaves_nothing_behind(sandbox):
 
 def terminate_during_deploy_scenario(sandbox) -> None:
     """Terminate while the deploy still runs: nothing is left on any node afterwards."""
-    from tests.conftest import wait_for
-
-    sandbox.edit_config(ssl={"enabled": False})
     pristine = _panels(sandbox)
-    for name in ("web1", "mail1", "ns1", "ns2"):
-        set_faults(sandbox.node(name), delay_seconds=0.3)
-    sandbox.cli("create", "--service-id", "T1", "--product", "sandbox-split",
-                "--domain", "example.com", check=True)
-    runner = sandbox.popen("run")
-    conn = sandbox.db()
-    wait_for(lambda: conn.execute("SELECT count(*) FROM tasks WHERE state = 'done'").fetchone()[0] >= 1,
-              what="the deploy to be under way")
+    runner, conn = sandbox.deploy_slowly("T1")
     out = json.loads(sandbox.cli("terminate", "T1", "--json", check=True).stdout)
     assert out["created"] is True and out["queued_behind"] is False
     runner.communicate(timeout=300)

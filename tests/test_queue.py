@@ -33,13 +33,25 @@ def _policy(config) -> RetryConfig:
     return config.retry
 
 
+def _claim(conn, owner, limit, limits, lease_seconds, at, exclude=()):
+    """A claim in a transaction of its own (the runner shares one with the outcomes)."""
+    with store.write(conn):
+        return queue.claim_in(conn, owner, limit, limits, lease_seconds, at, exclude)
+
+
+def _finish(conn, lease, outcome, policy, at, rng=None):
+    """One outcome in a transaction of its own (the runner records a round's together)."""
+    with store.write(conn):
+        return queue.finish_in(conn, [(lease, outcome)], policy, at, rng=rng)[0]
+
+
 def _task(conn, action):
     return conn.execute("SELECT * FROM tasks WHERE action = ?", (action,)).fetchone()
 
 
 def test_only_tasks_without_pending_dependencies_are_claimed(env):
     config, conn, limits = env
-    leases = queue.claim(conn, "r1", 50, limits, 60, at=T0)
+    leases = _claim(conn, "r1", 50, limits, 60, at=T0)
     assert sorted(l.action for l in leases) == ["mail.user", "web.user"]
     states = {r["action"]: r["state"] for r in conn.execute("SELECT action, state FROM tasks")}
     assert states["web.domain"] == "pending" and states["dns.zone"] == "pending"
@@ -51,11 +63,11 @@ def test_done_promotes_dependents_and_settles_service(env):
     policy = _policy(config)
     at = T0
     for _ in range(10):
-        leases = queue.claim(conn, "r1", 50, limits, 60, at=at)
+        leases = _claim(conn, "r1", 50, limits, 60, at=at)
         if not leases:
             break
         for lease in leases:
-            assert queue.finish(conn, lease, Done("created"), policy, at=at) == "done"
+            assert _finish(conn, lease, Done("created"), policy, at=at) == "done"
         at += 1
     states = [r[0] for r in conn.execute("SELECT state FROM tasks ORDER BY seq")]
     assert states == ["done"] * len(states)
@@ -68,8 +80,8 @@ def test_per_node_limit_holds_across_owners(env):
     config, conn, limits = env
     orders.create_service(conn, config, SecretBox.from_file(config.key_file), service_id="s2",
                           product="sandbox-split", domain="example.org", at=T0)
-    first = queue.claim(conn, "r1", 50, limits, 60, at=T0)
-    second = queue.claim(conn, "r2", 50, limits, 60, at=T0)
+    first = _claim(conn, "r1", 50, limits, 60, at=T0)
+    second = _claim(conn, "r2", 50, limits, 60, at=T0)
     assert {l.node for l in first} == {"web1", "mail1"} and len(first) == 2
     assert second == []  # s2's web.user and mail.user wait: web1 and mail1 are busy
     running = conn.execute("SELECT node, count(*) FROM tasks WHERE state = 'running' GROUP BY node")
@@ -82,9 +94,9 @@ def test_backoff_follows_policy_then_goes_terminal_and_cancels_dependents(env):
     rng = random.Random(7)
     at = T0
     for attempt in range(1, policy.max_attempts + 1):
-        lease = next(l for l in queue.claim(conn, "r1", 50, limits, 60, at=at) if l.action == "web.user")
+        lease = next(l for l in _claim(conn, "r1", 50, limits, 60, at=at) if l.action == "web.user")
         assert lease.attempt == attempt
-        state = queue.finish(conn, lease, Retry("E_RESTART"), policy, at=at, rng=rng)
+        state = _finish(conn, lease, Retry("E_RESTART"), policy, at=at, rng=rng)
         row = _task(conn, "web.user")
         if attempt < policy.max_attempts:
             assert state == "queued"
@@ -115,8 +127,8 @@ def test_backoff_follows_policy_then_goes_terminal_and_cancels_dependents(env):
 
 def test_fail_is_terminal_at_once(env):
     config, conn, limits = env
-    lease = next(l for l in queue.claim(conn, "r1", 50, limits, 60, at=T0) if l.action == "mail.user")
-    assert queue.finish(conn, lease, Fail("E_LIMIT"), _policy(config), at=T0) == "failed"
+    lease = next(l for l in _claim(conn, "r1", 50, limits, 60, at=T0) if l.action == "mail.user")
+    assert _finish(conn, lease, Fail("E_LIMIT"), _policy(config), at=T0) == "failed"
     assert _task(conn, "mail.user")["attempts"] == 1
     assert _task(conn, "mail.domain")["state"] == "cancelled"
     assert all(r[0] == "cancelled" for r in conn.execute(
@@ -126,23 +138,23 @@ def test_fail_is_terminal_at_once(env):
 def test_late_completion_from_an_expired_lease_is_rejected(env):
     config, conn, limits = env
     policy = _policy(config)
-    old = next(l for l in queue.claim(conn, "dead", 50, limits, 10, at=T0) if l.action == "web.user")
+    old = next(l for l in _claim(conn, "dead", 50, limits, 10, at=T0) if l.action == "web.user")
     assert queue.rescue_expired(conn, policy, at=T0 + 5) == 0  # not expired yet
     assert queue.rescue_expired(conn, policy, at=T0 + 11) == 2
     lost = conn.execute("SELECT outcome, error FROM attempts WHERE id = ?", (old.attempt_id,)).fetchone()
     assert lost["outcome"] == "lost" and "lease expired" in lost["error"]
-    new = next(l for l in queue.claim(conn, "alive", 50, limits, 60, at=T0 + 12) if l.action == "web.user")
+    new = next(l for l in _claim(conn, "alive", 50, limits, 60, at=T0 + 12) if l.action == "web.user")
     assert new.token != old.token
-    assert queue.finish(conn, old, Done("created"), policy, at=T0 + 13) is None
+    assert _finish(conn, old, Done("created"), policy, at=T0 + 13) is None
     row = _task(conn, "web.user")
     assert (row["state"], row["lease_owner"]) == ("running", "alive")
     assert conn.execute("SELECT outcome FROM attempts WHERE id = ?", (old.attempt_id,)).fetchone()[0] == "lost"
-    assert queue.finish(conn, new, Done("created"), policy, at=T0 + 14) == "done"
+    assert _finish(conn, new, Done("created"), policy, at=T0 + 14) == "done"
 
 
 def test_heartbeat_extends_only_held_leases(env):
     config, conn, limits = env
-    leases = queue.claim(conn, "r1", 50, limits, 10, at=T0)
+    leases = _claim(conn, "r1", 50, limits, 10, at=T0)
     assert queue.heartbeat(conn, leases, 100, at=T0 + 5) == len(leases)
     assert queue.rescue_expired(conn, _policy(config), at=T0 + 50) == 0
     stale = leases[0].__class__(**{**leases[0].__dict__, "token": leases[0].token + 99})
@@ -156,17 +168,17 @@ def test_wait_uses_no_attempt_and_gives_up_at_the_deadline(env):
     conn.execute("UPDATE tasks SET state = 'queued', deps_left = 0 WHERE action = 'ssl.web'")
 
     def claim_ssl(at):
-        return [l for l in queue.claim(conn, "r1", 50, limits, 60, at=at) if l.action == "ssl.web"]
+        return [l for l in _claim(conn, "r1", 50, limits, 60, at=at) if l.action == "ssl.web"]
 
     lease, = claim_ssl(T0)
-    assert queue.finish(conn, lease, Wait("dns not here", 300, 900), policy, at=T0) == "waiting"
+    assert _finish(conn, lease, Wait("dns not here", 300, 900), policy, at=T0) == "waiting"
     row = _task(conn, "ssl.web")
     assert (row["state"], row["attempts"], row["run_after"]) == ("waiting", 0, T0 + 300)
     assert claim_ssl(T0 + 299) == []
     at = T0 + 300
     while True:
         lease, = claim_ssl(at)
-        state = queue.finish(conn, lease, Wait("dns not here", 300, 900), policy, at=at)
+        state = _finish(conn, lease, Wait("dns not here", 300, 900), policy, at=at)
         if state == "failed":
             break
         assert _task(conn, "ssl.web")["attempts"] == 0
@@ -199,9 +211,9 @@ def test_one_transaction_records_every_kind_of_outcome(env):
     orders.create_service(conn, config, box, service_id="s2", product="sandbox-split",
                           domain="example.org", at=T0)
     wide = {node: 10 for node in limits}  # both services' first steps at once
-    stale = queue.claim(conn, "dead", 50, wide, 10, at=T0)  # 4 leases, expire at T0 + 10
+    stale = _claim(conn, "dead", 50, wide, 10, at=T0)  # 4 leases, expire at T0 + 10
     assert queue.rescue_expired(conn, _policy(config), at=T0 + 11) == 4
-    leases = {(l.service_id, l.action): l for l in queue.claim(conn, "r1", 50, wide, 60, at=T0 + 12)}
+    leases = {(l.service_id, l.action): l for l in _claim(conn, "r1", 50, wide, 60, at=T0 + 12)}
     assert len(leases) == 4
     results = [(leases["s1", "web.user"], Done("created")),
                (leases["s1", "mail.user"], Retry("E_CONNECT")),

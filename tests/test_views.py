@@ -51,21 +51,8 @@ def _plain(text: str) -> str:
     return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
 
 
-def _deploying(sandbox, delay: float = 0.3):
-    sandbox.edit_config(ssl={"enabled": False})
-    for name in ("web1", "mail1", "ns1", "ns2"):
-        set_faults(sandbox.node(name), delay_seconds=delay)
-    sandbox.cli("create", "--service-id", "V1", "--product", "sandbox-split",
-                "--domain", "example.com", check=True)
-    runner = sandbox.popen("run")
-    conn = sandbox.db()
-    wait_for(lambda: conn.execute("SELECT count(*) FROM tasks WHERE state = 'done'").fetchone()[0] >= 2,
-              what="two steps done")
-    return runner, conn
-
-
 def test_status_on_a_terminal_shows_progress_durations_and_activity(sandbox):
-    runner, conn = _deploying(sandbox)
+    runner, conn = sandbox.deploy_slowly("V1", steps_done=2)
     drawn = _in_pty(sandbox, "status", "V1")
     assert "\x1b[" in drawn  # a terminal gets colour
     text = _plain(drawn)
@@ -79,7 +66,7 @@ def test_status_on_a_terminal_shows_progress_durations_and_activity(sandbox):
 
 
 def test_watch_redraws_until_the_deploy_settles(sandbox):
-    runner, conn = _deploying(sandbox, delay=0.2)
+    runner, conn = sandbox.deploy_slowly("V1", delay=0.2, steps_done=2)
     drawn = _in_pty(sandbox, "status", "V1", "--watch")
     runner.communicate(timeout=300)
     text = _plain(drawn)

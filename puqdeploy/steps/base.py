@@ -122,8 +122,13 @@ def execute(fn: StepFn, ctx: StepContext) -> Outcome:
         ctx.log("error", str(exc))
         return Fail(str(exc))
     except Exception as exc:  # a bug: keep it visible and bounded by max_attempts
-        ctx.log("error", f"internal error: {type(exc).__name__}: {exc}")
-        return Retry(f"internal error: {type(exc).__name__}: {exc}")
+        ctx.log("error", internal_error(exc))
+        return Retry(internal_error(exc))
+
+
+def internal_error(exc: BaseException) -> str:
+    """How a bug shows in the log and as the task's error: visible, bounded by max_attempts."""
+    return f"internal error: {type(exc).__name__}: {exc}"
 
 
 def combine(results: list[str]) -> str:
